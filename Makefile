@@ -1,0 +1,33 @@
+# make run: the notebook study (both models) into MLflow; make test: the test suite.
+# Both bootstrap .venv on first use; ARGS passes Hydra overrides: make run ARGS="model=cnn".
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test test-fast ui bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --config-settings editable_mode=compat -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) run.py -m experiment=notebook $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 \
+	  --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+	  --default-artifact-root $(CURDIR)/mlruns/artifacts
+
+clean:
+	rm -rf outputs multirun

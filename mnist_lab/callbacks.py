@@ -1,0 +1,117 @@
+"""Hydra callback for sweeps: one MLflow parent run per multirun, and its summary at the end.
+
+`on_multirun_start`/`on_multirun_end` run once in the launching process whatever the launcher,
+so the parent is created before any job starts. Its id goes into the sweep folder, where every
+job (in this process, a joblib worker or a SLURM node) reads it and nests its run under it.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from mnist_lab.tracking import PARENT_ID_FILE
+
+SUMMARY_METRICS = ("best/val_loss", "val/acc", "test/acc", "test/loss", "best_epoch")
+
+
+class MlflowSweepCallback(Callback):
+    def __init__(self) -> None:
+        self.parent_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not config.tracking.enabled:
+            return
+        from mnist_lab.provenance import git_state
+        from mnist_lab.tracking import connect
+
+        client, experiment_id = connect(config.tracking)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        experiment = config.hydra.runtime.choices.get("experiment")
+        name = f"sweep-{experiment}" if experiment else "sweep"
+        tags = {"sweep": "true", "sweep.dir": str(sweep_dir),
+                "hydra.overrides": " ".join(config.hydra.overrides.task) or "(none)",
+                **git_state()}
+        self.parent_id = client.create_run(experiment_id, run_name=f"{name}-{sweep_dir.name}",
+                                           tags=tags).info.run_id
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / PARENT_ID_FILE).write_text(self.parent_id)
+        print(f"MLflow parent run {self.parent_id} for this sweep")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.parent_id is None:
+            return
+        from mnist_lab.tracking import connect
+
+        client, _ = connect(config.tracking)
+        status = "FAILED"
+        try:
+            summarise(client, self.parent_id)
+            status = "FINISHED"
+        finally:
+            client.set_terminated(self.parent_id, status)
+
+
+def children(client, parent_id: str) -> list:
+    """Every run nested under the parent, oldest first."""
+    runs = client.search_runs(
+        [client.get_run(parent_id).info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+        order_by=["attributes.start_time ASC"], max_results=10000)
+    return list(runs)
+
+
+def summary_rows(runs: list, swept: list[str]) -> list[dict]:
+    rows = []
+    for run in runs:
+        row = {"run": run.info.run_name, "run_id": run.info.run_id, "status": run.info.status}
+        row.update({key: run.data.params.get(key, "") for key in swept})
+        row.update({key: run.data.metrics.get(key, "") for key in SUMMARY_METRICS})
+        if run.info.end_time and run.info.start_time:
+            row["wall_seconds"] = round((run.info.end_time - run.info.start_time) / 1000, 1)
+        rows.append(row)
+    return rows
+
+
+def swept_keys(runs: list) -> list[str]:
+    """Params whose values differ between the runs: what the sweep varied."""
+    keys = set().union(*(run.data.params for run in runs)) if runs else set()
+    varied = [k for k in sorted(keys)
+              if len({run.data.params.get(k) for run in runs}) > 1 and not k.startswith("data.root")]
+    return varied
+
+
+def summarise(client, parent_id: str) -> None:
+    """Table (CSV + Markdown), overlaid val/loss curves and the best child, on the parent."""
+    from mnist_lab.plots import overlay
+    from mnist_lab.tracking import write_table
+
+    runs = children(client, parent_id)
+    rows = summary_rows(runs, swept_keys(runs))
+    finished = [r for r in runs if r.info.status == "FINISHED" and
+                math.isfinite(r.data.metrics.get("best/val_loss", math.inf))]
+    failed = len(runs) - len(finished)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        write_table(rows, out / "sweep_summary.csv", out / "sweep_summary.md")
+        curves = {r.info.run_name: [m.value for m in
+                                    sorted(client.get_metric_history(r.info.run_id, "val/loss"),
+                                           key=lambda m: m.step)] for r in runs}
+        overlay(curves, out / "sweep_val_loss.png", "val/loss", "validation loss per run")
+        client.log_artifacts(parent_id, str(out))
+    client.set_tag(parent_id, "sweep.runs", str(len(runs)))
+    client.set_tag(parent_id, "sweep.failed", str(failed))
+    if finished:
+        best = min(finished, key=lambda r: r.data.metrics["best/val_loss"])
+        client.set_tag(parent_id, "best_run_id", best.info.run_id)
+        client.set_tag(parent_id, "best_run_name", best.info.run_name)
+        client.log_metric(parent_id, "best/val_loss", best.data.metrics["best/val_loss"])
+        if "test/acc" in best.data.metrics:
+            client.log_metric(parent_id, "best/test_acc", best.data.metrics["test/acc"])
+    print(f"sweep summary: {len(runs)} runs, {failed} failed"
+          + (f", best {best.info.run_name} ({best.info.run_id})" if finished else ""))

@@ -1,0 +1,68 @@
+"""Evaluation: loss, accuracy, per-class accuracy and the confusion matrix in one pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnist_lab.data import batches
+
+
+@dataclass
+class EvalResult:
+    loss: float  # mean cross-entropy per sample
+    accuracy: float  # fraction in [0, 1]
+    confusion: torch.Tensor  # (classes, classes) counts, rows = true label
+    predictions: torch.Tensor  # (N,) predicted class
+    confidence: torch.Tensor  # (N,) softmax probability of the predicted class
+
+    @property
+    def class_total(self) -> torch.Tensor:
+        return self.confusion.sum(dim=1)
+
+    @property
+    def class_correct(self) -> torch.Tensor:
+        return self.confusion.diagonal()
+
+    @property
+    def class_accuracy(self) -> torch.Tensor:
+        return self.class_correct.double() / self.class_total.clamp(min=1)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             batch_size: int = 1000, num_classes: int = 10) -> EvalResult:
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
+    preds, confs = [], []
+    for x, y in batches(images, labels, batch_size):
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        conf, pred = logits.softmax(dim=1).max(dim=1)
+        preds.append(pred)
+        confs.append(conf)
+    model.train(was_training)
+    predictions = torch.cat(preds).cpu()
+    truth = labels.cpu()
+    confusion = torch.bincount(truth * num_classes + predictions,
+                               minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return EvalResult(loss=loss_sum.item() / len(labels),
+                      accuracy=(predictions == truth).double().mean().item(),
+                      confusion=confusion, predictions=predictions,
+                      confidence=torch.cat(confs).cpu())
+
+
+def report(result: EvalResult, title: str) -> str:
+    """The notebook's per-class lines, as a readable block."""
+    lines = [f"{title}: test/loss {result.loss:.4f}"]
+    for digit, (correct, total) in enumerate(zip(result.class_correct.tolist(),
+                                                 result.class_total.tolist())):
+        lines.append(f"  class {digit}: {100 * correct / max(total, 1):6.2f}%  "
+                     f"({correct} of {total})")
+    correct, total = int(result.class_correct.sum()), int(result.class_total.sum())
+    lines.append(f"  overall: {100 * result.accuracy:6.2f}%  ({correct} of {total})")
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""The notebook's two networks, with their sizes taken from the config instead of the code."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+def classifier_head(in_features: int, hidden: Sequence[int], num_classes: int,
+                    dropout: float) -> list[nn.Module]:
+    """Linear-ReLU-Dropout per hidden size, then the output layer (the notebook's FC stack)."""
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_features, width), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        in_features = width
+    layers.append(nn.Linear(in_features, num_classes))
+    return layers
+
+
+class FFNN(nn.Sequential):
+    """784-512-256-10 by default: flatten, then the FC stack."""
+
+    def __init__(self, name: str = "ffnn", image_size: int = 28, hidden: Sequence[int] = (512, 256),
+                 num_classes: int = 10, dropout: float = 0.2):
+        super().__init__(nn.Flatten(), *classifier_head(image_size * image_size, hidden,
+                                                        num_classes, dropout))
+        self.name = name
+
+
+class CNN(nn.Sequential):
+    """conv(1->16)-ReLU-pool, conv(16->32)-ReLU-pool, flatten, dropout, FC stack.
+
+    The notebook also drops out the flattened feature maps; that dropout is kept here.
+    """
+
+    def __init__(self, name: str = "cnn", image_size: int = 28, channels: Sequence[int] = (16, 32),
+                 kernel_size: int = 3, hidden: Sequence[int] = (512, 256), num_classes: int = 10,
+                 dropout: float = 0.2):
+        layers: list[nn.Module] = []
+        in_channels, side = 1, image_size
+        for out_channels in channels:
+            layers += [nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+                       nn.ReLU(), nn.MaxPool2d(2)]
+            in_channels, side = out_channels, side // 2
+        layers.append(nn.Flatten())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers += classifier_head(in_channels * side * side, hidden, num_classes, dropout)
+        super().__init__(*layers)
+        self.name = name
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def example_input(batch: int = 1) -> torch.Tensor:
+    return torch.zeros(batch, 1, 28, 28)

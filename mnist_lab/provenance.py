@@ -1,0 +1,41 @@
+"""What a run needs to be repeated: code version, library versions, machine, data checksums."""
+
+from __future__ import annotations
+
+import platform
+import socket
+import subprocess
+import sys
+
+from mnist_lab.schema import PROJECT_ROOT
+
+
+def git_state() -> dict[str, str]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {"git.commit": "unknown", "git.dirty": "unknown"}
+    return {"git.commit": commit, "git.dirty": str(dirty).lower(),
+            "mlflow.source.git.commit": commit}
+
+
+def provenance_tags(device: str, checksums: dict[str, str]) -> dict[str, str]:
+    import torch
+    import torchvision
+
+    tags = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "device": device,
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+    }
+    tags.update(git_state())
+    tags.update({f"data.sha256.{name}": digest for name, digest in checksums.items()})
+    return tags

@@ -1,0 +1,227 @@
+"""MLflow: one training run = one MLflow run, nested under a sweep's parent when there is one.
+
+Logging goes through `MlflowClient` with explicit run ids, so nothing depends on MLflow's
+process-global "active run" and jobs in other processes (joblib, submitit) log the same way.
+MLflow is imported only here and only when tracking is on: it costs seconds at start-up.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import traceback
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_lab.schema import PROJECT_ROOT
+
+PARENT_ID_FILE = "mlflow_parent_run_id"  # in the sweep folder, written by the sweep callback
+STATUS_FOR = {KeyboardInterrupt: "KILLED", SystemExit: "KILLED"}
+
+
+class TrackingError(RuntimeError):
+    """The tracking store can't be used; the message says what to change."""
+
+
+def resolve_uri(tracking: DictConfig) -> str:
+    if tracking.uri:
+        return tracking.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
+
+
+def connect(tracking: DictConfig):
+    """A client on a checked store and the experiment's id; raises TrackingError fast."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = resolve_uri(tracking)
+    hint = "set tracking.uri (or MLFLOW_TRACKING_URI) to a reachable store, or use tracking=off"
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
+        except requests.RequestException as err:
+            raise TrackingError(f"MLflow server {uri} is unreachable ({err.__class__.__name__}); "
+                                f"start it or {hint}") from None
+    elif uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    elif "://" not in uri and not uri.startswith("databricks"):
+        raise TrackingError(f"tracking.uri={uri!r} is not a URI (sqlite:///path.db, "
+                            f"http://host:port, postgresql://...); {hint}")
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    try:
+        experiment = client.get_experiment_by_name(tracking.experiment)
+        if experiment is not None:
+            return client, experiment.experiment_id
+        location = None
+        if uri.startswith("sqlite:///") and not tracking.uri:
+            location = (PROJECT_ROOT / "mlruns" / "artifacts" / tracking.experiment).as_uri()
+        try:
+            return client, client.create_experiment(tracking.experiment, location)
+        except mlflow.exceptions.MlflowException:  # another job created it a moment ago
+            return client, client.get_experiment_by_name(tracking.experiment).experiment_id
+    except TrackingError:
+        raise
+    except Exception as err:
+        raise TrackingError(f"MLflow store {uri} failed: {err}; {hint}") from None
+
+
+def flatten(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as `a.b.c` -> value strings, the form MLflow params take."""
+    flat: dict[str, str] = {}
+
+    def walk(node, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = str(value)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def hydra_context() -> tuple[list[str], str | None]:
+    """(task overrides, parent run id) of the current Hydra job, if any."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return [], None
+    hydra = HydraConfig.get()
+    parent = None
+    parent_file = Path(hydra.sweep.dir) / PARENT_ID_FILE
+    if str(hydra.mode) == "RunMode.MULTIRUN" and parent_file.is_file():
+        parent = parent_file.read_text().strip()
+    return list(hydra.overrides.task), parent
+
+
+def run_name(cfg: DictConfig, overrides: list[str]) -> str:
+    """`cnn-adam-lr0.001-p0.2`, then any other override, so runs read apart in the UI."""
+    name = f"{cfg.model.name}-{cfg.optim.name}-lr{cfg.optim.lr:g}-p{cfg.dropout.p:g}"
+    covered = ("model=", "optim=", "optim.lr=", "dropout=", "dropout.p=", "experiment=",
+               "tracking", "hydra.", "data.root=")
+    extra = [o.lstrip("+~") for o in overrides if not o.lstrip("+~").startswith(covered)]
+    return "-".join([name, *extra])
+
+
+class NoTracking:
+    """tracking=off: the same calls, no store touched."""
+
+    run_id = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    def start(self, **_) -> None:
+        pass
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def finish(self, *_, **__) -> None:
+        pass
+
+
+class MlflowRun(NoTracking):
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.client, self.experiment_id = connect(cfg.tracking)
+        self.overrides, self.parent_id = hydra_context()
+        self.run_id: str | None = None
+
+    def start(self, model, data, device) -> None:
+        from mlflow.entities import Param
+
+        from mnist_lab.models import count_parameters
+        from mnist_lab.provenance import provenance_tags
+
+        tags = provenance_tags(str(device), data.checksums)
+        tags["hydra.overrides"] = " ".join(self.overrides) or "(none)"
+        if self.parent_id:
+            tags["mlflow.parentRunId"] = self.parent_id
+        run = self.client.create_run(self.experiment_id, tags=tags,
+                                     run_name=run_name(self.cfg, self.overrides))
+        self.run_id = run.info.run_id
+        params = flatten(self.cfg)
+        params["model.parameters"] = str(count_parameters(model))
+        params["data.train_size"] = str(len(data.train_images))
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.log_metrics(metrics, step=epoch)
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step)
+                                                    for k, v in metrics.items()])
+
+    def finish(self, model, result, test, out: Path) -> None:
+        import mlflow
+
+        metrics = {"test/loss": test.loss, "test/acc": test.accuracy,
+                   "best_epoch": result.best_epoch, "best/val_loss": result.best_val_loss}
+        metrics.update({f"test/acc_class_{d}": a for d, a in enumerate(test.class_accuracy.tolist())})
+        self.log_metrics(metrics)
+        self.client.log_artifacts(self.run_id, str(out))
+        if self.cfg.tracking.log_model:
+            log_pytorch_model(model, self.run_id)
+        self.client.set_terminated(self.run_id, "FINISHED")
+        print(f"MLflow run {self.run_id} in {mlflow.get_tracking_uri()}")
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.run_id is None or exc_type is None:
+            return False
+        status = next((s for t, s in STATUS_FOR.items() if issubclass(exc_type, t)), "FAILED")
+        try:
+            self.client.set_tag(self.run_id, "error", f"{exc_type.__name__}: {exc}"[:5000])
+            self.client.log_text(self.run_id, "".join(traceback.format_exception(exc)),
+                                 "error.txt")
+        finally:
+            self.client.set_terminated(self.run_id, status)
+        return False
+
+
+def log_pytorch_model(model, run_id: str) -> None:
+    """`mlflow.pytorch` model with signature and input example: `runs:/<id>/model` loads it."""
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    model = model.cpu().eval()
+    example = torch.zeros(2, 1, 28, 28).numpy()  # batch 2 keeps the exported batch dim dynamic
+    with torch.inference_mode():
+        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(model, name="model", signature=signature,
+                                 input_example=example,
+                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+
+def open_run(cfg: DictConfig) -> NoTracking:
+    return MlflowRun(cfg) if cfg.tracking.enabled else NoTracking()
+
+
+def write_table(rows: list[dict], csv_path: Path, md_path: Path) -> None:
+    """The same rows as CSV and as a Markdown table."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    md_path.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,99 @@
+"""The training loop: plain PyTorch over batches sliced from in-memory uint8 tensors."""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from mnist_lab.data import MNIST, batches
+from mnist_lab.evaluate import evaluate
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class FitResult:
+    history: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int = 0  # 1-based
+    best_val_loss: float = math.inf
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def show_progress(mode: str) -> bool:
+    return mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+
+
+def train_epoch(model: nn.Module, data: MNIST, optimizer: torch.optim.Optimizer,
+                scheduler, step_scheduler_per_batch: bool, batch_size: int,
+                generator: torch.Generator, epoch: int, progress: bool) -> float:
+    """One pass over the training part; returns the sample-weighted mean loss."""
+    model.train()
+    loss_fn = nn.CrossEntropyLoss()
+    # Summed on the device, read once per epoch: a .item() per step would stall on each batch.
+    loss_sum = torch.zeros((), device=data.train_images.device)
+    steps = batches(data.train_images, data.train_labels, batch_size, generator)
+    if progress:
+        from tqdm import tqdm
+
+        steps = tqdm(steps, total=math.ceil(len(data.train_images) / batch_size),
+                     desc=f"epoch {epoch}", leave=False, file=sys.stderr)
+    for x, y in steps:
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step_scheduler_per_batch:
+            scheduler.step()
+        loss_sum += loss.detach() * len(y)
+    mean = loss_sum.item() / len(data.train_images)
+    if not math.isfinite(mean):
+        raise DivergedError(f"training loss is {mean} in epoch {epoch}; lower optim.lr or "
+                            "check the data")
+    return mean
+
+
+def fit(model: nn.Module, data: MNIST, optimizer: torch.optim.Optimizer, scheduler,
+        sched_interval: str, epochs: int, batch_size: int, eval_batch_size: int, seed: int,
+        progress: str = "auto",
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> FitResult:
+    """Train for `epochs`, keep the state with the lowest validation loss (ties: the later epoch).
+
+    `on_epoch(epoch, metrics)` sees each epoch's `train/loss`, `val/loss`, `val/acc`, `lr`,
+    `epoch_seconds` and `samples_per_second` as soon as it ends.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    result = FitResult()
+    bar = show_progress(progress)
+    for epoch in range(1, epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        start = time.perf_counter()
+        train_loss = train_epoch(model, data, optimizer, scheduler,
+                                 scheduler is not None and sched_interval == "step",
+                                 batch_size, generator, epoch, bar)
+        seconds = time.perf_counter() - start
+        if scheduler is not None and sched_interval == "epoch":
+            scheduler.step()
+        val = evaluate(model, data.val_images, data.val_labels, eval_batch_size)
+        metrics = {"train/loss": train_loss, "val/loss": val.loss, "val/acc": val.accuracy,
+                   "lr": lr, "epoch_seconds": seconds,
+                   "samples_per_second": len(data.train_images) / seconds}
+        for key, value in metrics.items():
+            result.history.setdefault(key, []).append(value)
+        if val.loss <= result.best_val_loss:
+            result.best_val_loss, result.best_epoch = val.loss, epoch
+            result.best_state = copy.deepcopy(model.state_dict())
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        marker = " *" if result.best_epoch == epoch else ""
+        print(f"epoch {epoch:>3}/{epochs}  train/loss {train_loss:.4f}  val/loss {val.loss:.4f}  "
+              f"val/acc {val.accuracy:.4f}  {seconds:.1f}s{marker}", flush=True)
+    return result

@@ -1,0 +1,22 @@
+"""Train and evaluate one configuration, or sweep many with `-m`.
+
+    python run.py model=cnn optim.lr=1e-3
+    python run.py -m optim.lr=1e-3,1e-4 dropout.p=0.0,0.2,0.5
+    python run.py -m experiment=notebook
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+import mnist_lab.schema  # noqa: F401  registers the config schemas before Hydra composes
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    from mnist_lab.cli import train
+
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()
