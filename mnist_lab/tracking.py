@@ -59,8 +59,9 @@ def connect(tracking: DictConfig):
         if experiment is not None:
             return client, experiment.experiment_id
         location = None
-        if uri.startswith("sqlite:///") and not tracking.uri:
-            location = (PROJECT_ROOT / "mlruns" / "artifacts" / tracking.experiment).as_uri()
+        if uri.startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
+            db = Path(uri[len("sqlite:///"):])
+            location = (db.parent / "artifacts" / tracking.experiment).resolve().as_uri()
         try:
             return client, client.create_experiment(tracking.experiment, location)
         except mlflow.exceptions.MlflowException:  # another job created it a moment ago

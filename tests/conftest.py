@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny IDX datasets written per test, and configs composed like run.py does."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import mnist_lab.schema  # noqa: F401  registers the schemas
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = ROOT / "data" / "mnist"
+
+
+def write_idx(path: Path, array: torch.Tensor, compress: bool = True) -> Path:
+    magic = 2051 if array.ndim == 3 else 2049
+    payload = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload += array.to(torch.uint8).numpy().tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        payload = gzip.compress(payload)
+    path.write_bytes(payload)
+    return path
+
+
+def synthetic_digits(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Learnable fake digits: class k lights a 6x6 block at a position that depends on k."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(count) % 10
+    images = torch.randint(0, 40, (count, 28, 28), generator=generator)
+    for i, k in enumerate(labels.tolist()):
+        row, col = 3 + 8 * (k // 4), 3 + 6 * (k % 4)
+        images[i, row:row + 6, col:col + 6] = 255
+    return images.to(torch.uint8), labels.to(torch.uint8)
+
+
+def make_dataset(root: Path, train: int = 600, test: int = 200, compress: bool = True) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, count, seed in (("train", train, 0), ("t10k", test, 1)):
+        images, labels = synthetic_digits(count, seed)
+        write_idx(root / f"{prefix}-images-idx3-ubyte", images, compress)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", labels, compress)
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "tiny")
+
+
+def tiny_overrides(data_root: Path) -> list[str]:
+    """Seconds-long runs on fixture data; verify=false since fixture files aren't real MNIST."""
+    return [f"data.root={data_root}", "data.verify=false", "data.val_size=100",
+            "train.epochs=2", "train.batch_size=32", "train.progress=off", "tracking=off"]
+
+
+def compose_config(overrides: list[str], return_hydra_config: bool = False):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
+
+
+def run_lab(args: list[str], cwd: Path | None = None, timeout: float = 300,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python run.py ARGS` in a subprocess, as a user would type it."""
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd or ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=env)

@@ -1,0 +1,197 @@
+import socket
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+import requests
+import torch
+from mlflow import MlflowClient
+
+from conftest import compose_config, run_lab, tiny_overrides
+from mnist_lab import job
+from mnist_lab.data import load_mnist
+from mnist_lab.evaluate import evaluate
+from mnist_lab.tracking import TrackingError
+
+EPOCH_METRICS = {"train/loss", "val/loss", "val/acc", "lr", "epoch_seconds", "samples_per_second"}
+FINAL_METRICS = {"test/loss", "test/acc", "best_epoch", "best/val_loss",
+                 *(f"test/acc_class_{d}" for d in range(10))}
+ARTIFACTS = {"config.yaml", "best.pth", "per_class.csv", "per_class.md", "report.txt",
+             "loss_curves.png", "class_accuracy.png", "confusion_matrix.png",
+             "test_predictions.png", "confident_mistakes.png"}
+
+
+def store_overrides(tiny_data, tmp_path):
+    return [*tiny_overrides(tiny_data), "tracking=local",
+            f"tracking.uri=sqlite:///{tmp_path}/store/mlflow.db"]
+
+
+def only_run(uri):
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("mnist-lab").experiment_id])
+    return client, runs
+
+
+def test_a_run_is_fully_recorded(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
+    cfg = compose_config([*store_overrides(tiny_data, tmp_path), "model=cnn", "train.epochs=3"])
+    job.run(cfg)
+    uri = cfg.tracking.uri
+    client, runs = only_run(uri)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "cnn-adam-lr0.001-p0.2"
+    params = run.data.params
+    assert params["optim.lr"] == "0.001" and params["dropout.p"] == "0.2"
+    assert params["model.name"] == "cnn" and params["model.parameters"] == "942026"
+    assert params["train.epochs"] == "3" and params["init.name"] == "normal"
+    assert EPOCH_METRICS | FINAL_METRICS <= set(run.data.metrics)
+    for name in EPOCH_METRICS:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, name)]
+        assert sorted(steps) == [1, 2, 3], name
+    tags = run.data.tags
+    for tag in ("git.commit", "git.dirty", "torch", "torchvision", "python", "device", "host",
+                "data.sha256.train-images-idx3-ubyte", "hydra.overrides"):
+        assert tags.get(tag), tag
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert ARTIFACTS <= artifacts
+    assert str(tmp_path / "store" / "artifacts") in run.info.artifact_uri
+
+    # best.pth and the logged model predict like the in-memory model would
+    data = load_mnist(tiny_data, 100, 0, verify=False)
+    local = client.download_artifacts(run.info.run_id, "best.pth", str(tmp_path))
+    model = job.build_model(cfg)
+    model.load_state_dict(torch.load(local, weights_only=True))
+    result = evaluate(model, data.test_images, data.test_labels)
+    assert result.accuracy == pytest.approx(run.data.metrics["test/acc"])
+    mlflow.set_tracking_uri(uri)
+    logged = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    x = data.test_images[:37].unsqueeze(1).float() / 255
+    model.eval()
+    with torch.inference_mode():
+        assert torch.allclose(logged(x), model(x), atol=1e-5)
+
+
+def test_tracking_off_touches_no_store(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
+    overrides = [*store_overrides(tiny_data, tmp_path), "tracking.enabled=false"]
+    job.run(compose_config(overrides))
+    assert not (tmp_path / "store").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_fails_fast_before_any_work(tiny_data, tmp_path):
+    start = time.monotonic()
+    result = run_lab([*tiny_overrides(tiny_data), "tracking=server",
+                      f"tracking.uri=http://127.0.0.1:{free_port()}", f"hydra.run.dir={tmp_path}/o"])
+    assert result.returncode == 2
+    assert "unreachable" in result.stderr and "tracking=off" in result.stderr
+    assert "epoch" not in result.stdout
+    assert time.monotonic() - start < 60
+    with pytest.raises(TrackingError, match="is not a URI"):
+        job.run(compose_config([*tiny_overrides(tiny_data), "tracking=local",
+                                "tracking.uri=just-a-name"]))
+
+
+def test_a_failing_run_ends_failed_with_the_error(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom in training")
+
+    monkeypatch.setattr(job, "fit", explode)
+    cfg = compose_config(store_overrides(tiny_data, tmp_path))
+    with pytest.raises(RuntimeError):
+        job.run(cfg)
+    _, runs = only_run(cfg.tracking.uri)
+    assert runs[0].info.status == "FAILED"
+    assert "boom in training" in runs[0].data.tags["error"]
+
+
+def test_a_sweep_nests_its_runs_under_one_parent_with_a_summary(tiny_data, tmp_path):
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    result = run_lab(["-m", *store_overrides(tiny_data, tmp_path), "model=ffnn,cnn",
+                      f"hydra.sweep.dir={tmp_path}/sweep"])
+    assert result.returncode == 0, result.stderr
+    client, runs = only_run(uri)
+    parents = [r for r in runs if r.data.tags.get("sweep") == "true"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {c.data.params["model.name"] for c in children} == {"ffnn", "cnn"}
+    assert parent.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"sweep_summary.csv", "sweep_summary.md", "sweep_val_loss.png"} <= artifacts
+    best = min(children, key=lambda c: c.data.metrics["best/val_loss"])
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    summary = client.download_artifacts(parent.info.run_id, "sweep_summary.csv", str(tmp_path))
+    text = open(summary).read()
+    assert "model.name" in text and "ffnn" in text and "cnn" in text
+
+    compare = subprocess.run([sys.executable, "-m", "mnist_lab.compare", "--last", "--uri", uri,
+                              "--output", str(tmp_path / "cmp")], capture_output=True, text=True)
+    assert compare.returncode == 0, compare.stderr
+    lines = compare.stdout.splitlines()
+    assert lines[0].startswith("2 runs in sweep")
+    rows = lines[2:4]
+    assert {row.split()[1] for row in rows} == {"ffnn", "cnn"}
+    accuracies = [c.data.metrics["test/acc"] for c in children]
+    assert rows[0].split()[1] == children[accuracies.index(max(accuracies))].data.params["model.name"]
+    assert (tmp_path / "cmp" / "compare.csv").is_file()
+    assert (tmp_path / "cmp" / "compare_val_loss.png").is_file()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not come up in 120 s")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_run_logged_through_a_real_server_reads_back_over_rest(tiny_data, tmp_path,
+                                                                  mlflow_server):
+    result = run_lab([*tiny_overrides(tiny_data), "tracking=server",
+                      f"tracking.uri={mlflow_server}", f"hydra.run.dir={tmp_path}/o"])
+    assert result.returncode == 0, result.stderr
+    api = f"{mlflow_server}/api/2.0/mlflow"
+    experiment = requests.get(f"{api}/experiments/get-by-name",
+                              params={"experiment_name": "mnist-lab"}).json()["experiment"]
+    runs = requests.post(f"{api}/runs/search",
+                         json={"experiment_ids": [experiment["experiment_id"]]}).json()["runs"]
+    assert len(runs) == 1
+    run = runs[0]
+    assert run["info"]["status"] == "FINISHED"
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    assert 0 <= metrics["test/acc"] <= 1 and "val/loss" in metrics
+    history = requests.get(f"{api}/metrics/get-history",
+                           params={"run_id": run["info"]["run_id"], "metric_key": "val/loss"})
+    assert len(history.json()["metrics"]) == 2
+    files = requests.get(f"{api}/artifacts/list", params={"run_id": run["info"]["run_id"]})
+    assert "best.pth" in {f["path"] for f in files.json()["files"]}
