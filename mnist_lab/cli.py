@@ -22,16 +22,24 @@ def is_multirun() -> bool:
 def train(cfg: DictConfig) -> float:
     """run.py's body. Known input errors end a single run with one line and exit status 2; in a
     sweep, a failed job is reported and scored as the worst objective so the others go on."""
+    from mnist_lab.checkpoint import CheckpointError
     from mnist_lab.data import DataError
-    from mnist_lab.tracking import TrackingError
+    from mnist_lab.tracking import TrackingError, record_failed_job
 
     try:
         from mnist_lab.job import run
 
         return run(cfg)
-    except (ConfigError, DataError, TrackingError) as err:
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {resume_hint(cfg)}", file=sys.stderr)
+        if is_multirun():
+            raise
+        sys.exit(130)
+    except (ConfigError, DataError, TrackingError, CheckpointError) as err:
         if is_multirun():
             print(f"job failed: {err}", file=sys.stderr)
+            if not isinstance(err, TrackingError):
+                record_failed_job(cfg, err)
             return WORST_OBJECTIVE
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
@@ -42,12 +50,57 @@ def train(cfg: DictConfig) -> float:
         return WORST_OBJECTIVE
 
 
+def resume_hint(cfg: DictConfig) -> str:
+    from mnist_lab.tracking import hydra_context
+
+    if not cfg.checkpoint.enabled:
+        return "checkpoint.enabled=false, so there is nothing to resume"
+    overrides = [o for o in hydra_context()[0] if not o.startswith("resume=")]
+    return ("the last complete epoch is kept; continue with\n  python run.py "
+            + " ".join([*overrides, "resume=true"]))
+
+
+def rerun(args: argparse.Namespace) -> int:
+    """Repeat a logged run from the resolved config.yaml it recorded, as a new MLflow run."""
+    from omegaconf import OmegaConf
+
+    from mnist_lab.job import run
+    from mnist_lab.schema import LabConfig
+    from mnist_lab.tracking import connect
+
+    lookup = OmegaConf.create({"uri": args.uri, "experiment": args.experiment})
+    client, _ = connect(lookup)
+    try:
+        original = client.get_run(args.run_id)
+        path = client.download_artifacts(args.run_id, "config.yaml")
+    except Exception as err:
+        print(f"error: run {args.run_id} or its config.yaml is not in the store ({err})",
+              file=sys.stderr)
+        return 2
+    cfg = OmegaConf.merge(OmegaConf.structured(LabConfig), OmegaConf.load(path))
+    cfg.resume = False
+    if args.uri:
+        cfg.tracking.uri = args.uri
+    print(f"repeating {original.info.run_name} ({args.run_id}) from its recorded config")
+    try:
+        run(cfg)
+    except Exception as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mnist-lab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     from mnist_lab import compare
 
     compare.add_parser(commands)
+    again = commands.add_parser("rerun", help="repeat a logged run from its recorded config")
+    again.add_argument("run_id")
+    again.add_argument("--uri", default=None, help="tracking URI (default as run.py)")
+    again.add_argument("--experiment", default="mnist-lab")
+    again.set_defaults(handler=rerun)
     args = parser.parse_args(argv)
     return args.handler(args)
 

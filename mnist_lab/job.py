@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab import tracking
+from mnist_lab import checkpoint, tracking
 from mnist_lab.data import load_mnist
 from mnist_lab.evaluate import evaluate, report
 from mnist_lab.models import count_parameters
-from mnist_lab.schema import validate
+from mnist_lab.schema import ConfigError, validate
 from mnist_lab.train import fit
 
 
@@ -23,6 +26,17 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def job_threads(cfg: DictConfig) -> int:
+    """torch threads for this job: the config's, else a fair share of the cores in a sweep."""
+    if cfg.threads:
+        return cfg.threads
+    if cfg.launcher.name in ("slurm", "submitit_local"):
+        return cfg.launcher.cpus_per_task
+    if cfg.launcher.n_jobs > 1:
+        return max(1, (os.cpu_count() or 1) // cfg.launcher.n_jobs)
+    return 0
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -81,13 +95,51 @@ def write_outputs(out: Path, cfg: DictConfig, result, test, data) -> None:
                             data.test_images, data.test_labels)
 
 
+def find_resume(cfg: DictConfig) -> dict | None:
+    """The checkpoint `resume` asks for, loaded and matched to this config, or None."""
+    if cfg.resume is False or cfg.resume == "false":
+        return None
+    if cfg.resume is True or cfg.resume == "true":
+        path = checkpoint.folder_for(cfg) / checkpoint.LAST
+        if not path.is_file():
+            raise ConfigError(f"resume=true: no checkpoint for this config at {path}; run it "
+                              "without resume first, or pass resume=RUN_ID")
+    else:
+        path = tracking.checkpoint_of(cfg, str(cfg.resume))
+    state = checkpoint.load_safely(path)
+    if state.get("config_key") != checkpoint.config_key(cfg):
+        raise ConfigError(f"resume={cfg.resume}: the checkpoint {path} was made with another "
+                          f"config ({state.get('overrides') or 'no overrides'}); pass the same "
+                          "overrides to continue it")
+    print(f"resuming from {path} after epoch {state['epoch']}")
+    return state
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a scheduler's or `kill`'s stop) ends the run like Ctrl-C: at once, KILLED."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(cfg: DictConfig) -> float:
     """Train and evaluate one configuration; return the best validation loss (the objective)."""
     validate(cfg)
+    resume_state = find_resume(cfg)
     run_tracker = tracking.open_run(cfg)  # fails fast on a bad store, before any data is read
-    with run_tracker:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+    with run_tracker, sigterm_as_interrupt():
+        threads = job_threads(cfg)
+        if threads:
+            torch.set_num_threads(threads)
         seed_everything(cfg.seed, cfg.deterministic)
         device = pick_device(cfg.device)
         data = load_mnist(cfg.data.root, cfg.data.val_size, cfg.seed, cfg.data.limit,
@@ -95,14 +147,21 @@ def run(cfg: DictConfig) -> float:
         model = build_model(cfg).to(device)
         steps_per_epoch = -(-len(data.train_images) // cfg.train.batch_size)
         optimizer, scheduler = build_optimizer(cfg, model, steps_per_epoch)
-        run_tracker.start(model=model, data=data, device=device)
+        last = checkpoint.folder_for(cfg) / checkpoint.LAST if cfg.checkpoint.enabled else None
+        run_tracker.start(model=model, data=data, device=device, checkpoint=last,
+                          resume_run_id=resume_state.get("run_id") if resume_state else None)
+        if resume_state:
+            run_tracker.catch_up(resume_state["history"])
         print(f"{cfg.model.name}: {count_parameters(model):,} parameters, "
               f"{len(data.train_images):,} train / {len(data.val_images):,} val / "
               f"{len(data.test_images):,} test images, device {device}", flush=True)
 
+        extra = {"run_id": run_tracker.run_id, "config_key": checkpoint.config_key(cfg),
+                 "overrides": " ".join(run_tracker.overrides)}
         result = fit(model, data, optimizer, scheduler, cfg.sched.interval, cfg.train.epochs,
                      cfg.train.batch_size, cfg.train.eval_batch_size, cfg.seed,
-                     cfg.train.progress, on_epoch=run_tracker.log_epoch)
+                     cfg.train.progress, on_epoch=run_tracker.log_epoch, checkpoint=last,
+                     resume_from=resume_state, checkpoint_extra=extra)
 
         model.load_state_dict(result.best_state)
         test = evaluate(model, data.test_images, data.test_labels, cfg.train.eval_batch_size)

@@ -154,6 +154,19 @@ class TrackingConf:
     log_model: bool = True  # also log an mlflow.pytorch model beside best.pth
 
 
+@dataclass
+class LauncherConf:
+    """One schema for every launcher; the SLURM keys are read only by launcher=slurm."""
+
+    name: str = "basic"
+    n_jobs: int = 1  # jobs at once (parallel); torch threads per job = cores // n_jobs
+    partition: Optional[str] = None
+    timeout_min: int = 60
+    cpus_per_task: int = 2
+    gpus_per_node: int = 0
+    mem_gb: int = 8
+
+
 # --- top level ---------------------------------------------------------------------------------
 @dataclass
 class TrainConf:
@@ -173,6 +186,12 @@ class DataConf:
 
 
 @dataclass
+class CheckpointConf:
+    enabled: bool = True  # write last.ckpt after every epoch (resume=true continues from it)
+    dir: str = "${project_root:}/checkpoints"
+
+
+@dataclass
 class LabConfig:
     model: Any = MISSING
     optim: Any = MISSING
@@ -180,12 +199,15 @@ class LabConfig:
     init: Any = MISSING
     sched: Any = MISSING
     tracking: TrackingConf = MISSING
+    launcher: LauncherConf = MISSING
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     deterministic: bool = True
+    resume: Any = False  # false, true (this config's last checkpoint) or an MLflow run id
     train: TrainConf = field(default_factory=TrainConf)
     data: DataConf = field(default_factory=DataConf)
+    checkpoint: CheckpointConf = field(default_factory=CheckpointConf)
 
 
 def register() -> None:
@@ -199,6 +221,7 @@ def register() -> None:
         "dropout": {"dropout": DropoutConf},
         "init": {"init": InitConf},
         "tracking": {"tracking": TrackingConf},
+        "launcher": {"launcher": LauncherConf},
     }.items():
         for name, node in nodes.items():
             cs.store(group=group, name=f"{name}_schema", node=node)
@@ -228,6 +251,8 @@ def peek_count(root: Path) -> int | None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value out of range. Reads only the labels file header."""
+    if not isinstance(cfg.resume, (bool, str)) or cfg.resume == "":
+        _fail("resume", cfg.resume, "false, true or the MLflow run id of the run to continue")
     if cfg.device not in DEVICES:
         _fail("device", cfg.device, f"one of {', '.join(DEVICES)}")
     if cfg.threads < 0:

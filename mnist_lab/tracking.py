@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 import traceback
 from pathlib import Path
 
@@ -113,7 +114,10 @@ def run_name(cfg: DictConfig, overrides: list[str]) -> str:
 class NoTracking:
     """tracking=off: the same calls, no store touched."""
 
-    run_id = None
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.overrides, self.parent_id = hydra_context()
+        self.run_id: str | None = None
 
     def __enter__(self):
         return self
@@ -122,6 +126,9 @@ class NoTracking:
         return False
 
     def start(self, **_) -> None:
+        pass
+
+    def catch_up(self, history: dict[str, list[float]]) -> None:
         pass
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
@@ -133,30 +140,53 @@ class NoTracking:
 
 class MlflowRun(NoTracking):
     def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.client, self.experiment_id = connect(cfg.tracking)
-        self.overrides, self.parent_id = hydra_context()
-        self.run_id: str | None = None
 
-    def start(self, model, data, device) -> None:
+    def start(self, model, data, device, checkpoint: Path | None = None,
+              resume_run_id: str | None = None) -> None:
         from mlflow.entities import Param
 
         from mnist_lab.models import count_parameters
         from mnist_lab.provenance import provenance_tags
 
+        if resume_run_id and self._reopen(resume_run_id):
+            return
         tags = provenance_tags(str(device), data.checksums)
         tags["hydra.overrides"] = " ".join(self.overrides) or "(none)"
+        if checkpoint is not None:
+            tags["checkpoint.path"] = str(checkpoint)
         if self.parent_id:
             tags["mlflow.parentRunId"] = self.parent_id
         run = self.client.create_run(self.experiment_id, tags=tags,
                                      run_name=run_name(self.cfg, self.overrides))
         self.run_id = run.info.run_id
         params = flatten(self.cfg)
+        params.pop("resume", None)  # a resumed run keeps its params; this one differs
         params["model.parameters"] = str(count_parameters(model))
         params["data.train_size"] = str(len(data.train_images))
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def _reopen(self, run_id: str) -> bool:
+        """Continue the interrupted run itself, so its curves stay in one place."""
+        try:
+            self.client.get_run(run_id)
+        except Exception:
+            print(f"run {run_id} is not in this store; the resumed training gets a new run")
+            return False
+        self.run_id = run_id
+        self.client.update_run(run_id, status="RUNNING")
+        self.client.set_tag(run_id, "resumed", "true")
+        return True
+
+    def catch_up(self, history: dict[str, list[float]]) -> None:
+        """Log the epochs the checkpoint has and the store lacks (a kill between the two)."""
+        logged = {m.step for m in self.client.get_metric_history(self.run_id, "val/loss")}
+        for epoch in range(1, len(history["val/loss"]) + 1):
+            if epoch not in logged:
+                self.log_metrics({k: v[epoch - 1] for k, v in history.items()}, step=epoch)
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         self.log_metrics(metrics, step=epoch)
@@ -213,7 +243,43 @@ def log_pytorch_model(model, run_id: str) -> None:
 
 
 def open_run(cfg: DictConfig) -> NoTracking:
-    return MlflowRun(cfg) if cfg.tracking.enabled else NoTracking()
+    return MlflowRun(cfg) if cfg.tracking.enabled else NoTracking(cfg)
+
+
+def record_failed_job(cfg: DictConfig, err: Exception) -> None:
+    """A sweep job refused before training still shows in the store, FAILED with its reason."""
+    if not cfg.tracking.enabled:
+        return
+    try:
+        tracker = MlflowRun(cfg)
+        tags = {"error": f"{type(err).__name__}: {err}"[:5000],
+                "hydra.overrides": " ".join(tracker.overrides) or "(none)"}
+        if tracker.parent_id:
+            tags["mlflow.parentRunId"] = tracker.parent_id
+        run = tracker.client.create_run(tracker.experiment_id, tags=tags,
+                                        run_name=run_name(cfg, tracker.overrides))
+        tracker.client.set_terminated(run.info.run_id, "FAILED")
+    except Exception as store_err:  # the job's own error is the one to report
+        print(f"could not record the failure in MLflow: {store_err}", file=sys.stderr)
+
+
+def checkpoint_of(cfg: DictConfig, run_id: str) -> Path:
+    """The checkpoint recorded on an MLflow run, for resume=RUN_ID."""
+    from mnist_lab.schema import ConfigError
+
+    if not cfg.tracking.enabled:
+        raise ConfigError(f"resume={run_id} looks the run up in MLflow, which tracking=off "
+                          "turns off; use resume=true, or turn tracking on")
+    client, _ = connect(cfg.tracking)
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise ConfigError(f"resume={run_id}: no such run in {resolve_uri(cfg.tracking)}") from None
+    path = run.data.tags.get("checkpoint.path")
+    if not path or not Path(path).is_file():
+        raise ConfigError(f"resume={run_id}: the run has no checkpoint on this machine "
+                          f"({path or 'none recorded'})")
+    return Path(path)
 
 
 def write_table(rows: list[dict], csv_path: Path, md_path: Path) -> None:

@@ -8,10 +8,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from mnist_lab.checkpoint import restore_rng, rng_state, save_atomic
 from mnist_lab.data import MNIST, batches
 from mnist_lab.evaluate import evaluate
 
@@ -26,6 +28,7 @@ class FitResult:
     best_epoch: int = 0  # 1-based
     best_val_loss: float = math.inf
     best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    epoch: int = 0  # last completed epoch
 
 
 def show_progress(mode: str) -> bool:
@@ -38,42 +41,60 @@ def train_epoch(model: nn.Module, data: MNIST, optimizer: torch.optim.Optimizer,
     """One pass over the training part; returns the sample-weighted mean loss."""
     model.train()
     loss_fn = nn.CrossEntropyLoss()
-    # Summed on the device, read once per epoch: a .item() per step would stall on each batch.
-    loss_sum = torch.zeros((), device=data.train_images.device)
+    device = data.train_images.device
+    # Summed on the device and read once per epoch: a .item() per step would stall a GPU on
+    # every batch. The first non-finite step is tracked the same way, without a host sync.
+    loss_sum = torch.zeros((), device=device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=device)
     steps = batches(data.train_images, data.train_labels, batch_size, generator)
     if progress:
         from tqdm import tqdm
 
         steps = tqdm(steps, total=math.ceil(len(data.train_images) / batch_size),
                      desc=f"epoch {epoch}", leave=False, file=sys.stderr)
-    for x, y in steps:
+    for step, (x, y) in enumerate(steps, start=1):
         loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if step_scheduler_per_batch:
             scheduler.step()
-        loss_sum += loss.detach() * len(y)
-    mean = loss_sum.item() / len(data.train_images)
-    if not math.isfinite(mean):
-        raise DivergedError(f"training loss is {mean} in epoch {epoch}; lower optim.lr or "
-                            "check the data")
-    return mean
+        loss = loss.detach()
+        loss_sum += loss * len(y)
+        first_bad = torch.where((first_bad < 0) & ~loss.isfinite(), step, first_bad)
+    bad_step = int(first_bad)
+    if bad_step >= 0:
+        raise DivergedError(f"training loss became non-finite in epoch {epoch} at step "
+                            f"{bad_step}; lower optim.lr or check the data")
+    return loss_sum.item() / len(data.train_images)
 
 
 def fit(model: nn.Module, data: MNIST, optimizer: torch.optim.Optimizer, scheduler,
         sched_interval: str, epochs: int, batch_size: int, eval_batch_size: int, seed: int,
         progress: str = "auto",
-        on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> FitResult:
-    """Train for `epochs`, keep the state with the lowest validation loss (ties: the later epoch).
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        checkpoint: Path | None = None, resume_from: dict | None = None,
+        checkpoint_extra: dict | None = None) -> FitResult:
+    """Train to `epochs`, keep the state with the lowest validation loss (ties: the later epoch).
 
-    `on_epoch(epoch, metrics)` sees each epoch's `train/loss`, `val/loss`, `val/acc`, `lr`,
-    `epoch_seconds` and `samples_per_second` as soon as it ends.
+    After each epoch the full training state goes to `checkpoint` (atomically), then
+    `on_epoch(epoch, metrics)` sees `train/loss`, `val/loss`, `val/acc`, `lr`, `epoch_seconds`
+    and `samples_per_second`. `resume_from` (a loaded checkpoint) continues after its epoch,
+    with every RNG restored, so the result is the one an uninterrupted run gives.
     """
     generator = torch.Generator().manual_seed(seed)
     result = FitResult()
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(resume_from["scheduler"])
+        restore_rng(resume_from["rng"], generator)
+        result = FitResult(history=resume_from["history"], best_epoch=resume_from["best_epoch"],
+                           best_val_loss=resume_from["best_val_loss"],
+                           best_state=resume_from["best_state"], epoch=resume_from["epoch"])
     bar = show_progress(progress)
-    for epoch in range(1, epochs + 1):
+    for epoch in range(result.epoch + 1, epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         train_loss = train_epoch(model, data, optimizer, scheduler,
@@ -91,6 +112,14 @@ def fit(model: nn.Module, data: MNIST, optimizer: torch.optim.Optimizer, schedul
         if val.loss <= result.best_val_loss:
             result.best_val_loss, result.best_epoch = val.loss, epoch
             result.best_state = copy.deepcopy(model.state_dict())
+        result.epoch = epoch
+        if checkpoint is not None:
+            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                         "rng": rng_state(generator), "epoch": epoch, "history": result.history,
+                         "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
+                         "best_state": result.best_state, **(checkpoint_extra or {})},
+                        checkpoint)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         marker = " *" if result.best_epoch == epoch else ""

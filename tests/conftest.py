@@ -57,7 +57,8 @@ def tiny_data(tmp_path: Path) -> Path:
 def tiny_overrides(data_root: Path) -> list[str]:
     """Seconds-long runs on fixture data; verify=false since fixture files aren't real MNIST."""
     return [f"data.root={data_root}", "data.verify=false", "data.val_size=100",
-            "train.epochs=2", "train.batch_size=32", "train.progress=off", "tracking=off"]
+            "train.epochs=2", "train.batch_size=32", "train.progress=off", "tracking=off",
+            f"checkpoint.dir={data_root.parent / 'checkpoints'}"]
 
 
 def compose_config(overrides: list[str], return_hydra_config: bool = False):

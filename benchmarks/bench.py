@@ -1,0 +1,254 @@
+"""Speed of the lab on this machine, as ratios measured side by side in one process.
+
+    python benchmarks/bench.py [--quick] [--out benchmarks/results]
+    mnist-lab bench [--quick]
+
+Prints a Markdown table and writes `bench.json` and `bench.md` to --out. Measures: data load
+time; training samples/s of both models at batch 20, 128 and 512 with the share of this
+machine's fp32 peak (measured as the best large-matmul rate); the notebook's own pipeline
+(torchvision MNIST + ToTensor + SubsetRandomSampler + DataLoader) against the lab's loop, per
+epoch; tracking on against off; start-up of `run.py --help` and of a config error; and the
+`speedrun` experiment over seeds. `--quick` shortens every measurement (about a minute) and
+skips the speedrun seeds but one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mnist_lab.data import load_mnist  # noqa: E402
+from mnist_lab.models import CNN, FFNN  # noqa: E402
+from mnist_lab.weight_init import normal  # noqa: E402
+
+DATA = ROOT / "data" / "mnist"
+TRAIN_IMAGES = 48_000
+
+
+def forward_flops(model: nn.Module) -> int:
+    """Multiply-adds x 2 of every conv and Linear layer for one 28x28 image."""
+    flops, side = 0, 28
+    for layer in model.modules():
+        if isinstance(layer, nn.Conv2d):
+            k = layer.kernel_size[0] * layer.kernel_size[1]
+            flops += 2 * side * side * layer.in_channels * layer.out_channels * k
+        elif isinstance(layer, nn.MaxPool2d):
+            side //= 2
+        elif isinstance(layer, nn.Linear):
+            flops += 2 * layer.in_features * layer.out_features
+    return flops
+
+
+def training_flops(model: nn.Module) -> int:
+    """Forward + backward: backward costs two forwards (input and weight gradients)."""
+    return 3 * forward_flops(model)
+
+
+def measured_peak(seconds: float) -> float:
+    """Best fp32 FLOP/s of a 2048^3 matmul on all torch threads: what the cores can reach."""
+    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+    best, end = 0.0, time.perf_counter() + seconds
+    torch.mm(a, b)
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * 2048 ** 3 / (time.perf_counter() - start))
+    return best
+
+
+def lab_step_rate(model_cls, batch: int, steps: int) -> float:
+    """Samples/s of the lab's training step: uint8 slice -> float, fused Adam, no host sync."""
+    torch.manual_seed(0)
+    model = model_cls()
+    normal(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    images = torch.randint(0, 256, (batch * 8, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (batch * 8,))
+    loss_fn = nn.CrossEntropyLoss()
+    total = torch.zeros(())
+
+    def step(i: int) -> None:
+        nonlocal total
+        idx = slice((i % 8) * batch, (i % 8 + 1) * batch)
+        x = images[idx].unsqueeze(1).float().div_(255)
+        loss = loss_fn(model(x), labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach()
+
+    for i in range(5):
+        step(i)
+    start = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    total.item()
+    return steps * batch / (time.perf_counter() - start)
+
+
+def notebook_step_rate(model_cls, steps: int, raw_root: Path) -> float:
+    """The notebook's pipeline, verbatim in spirit: per-sample ToTensor through a DataLoader."""
+    from torch.utils.data import DataLoader
+    from torch.utils.data.sampler import SubsetRandomSampler
+    from torchvision import datasets, transforms
+
+    train_data = datasets.MNIST(str(raw_root), train=True, download=False,
+                                transform=transforms.Compose([transforms.ToTensor()]))
+    indices = torch.randperm(len(train_data)).tolist()
+    loader = DataLoader(train_data, batch_size=20, sampler=SubsetRandomSampler(indices[12000:]),
+                        num_workers=0)
+    torch.manual_seed(0)
+    model = model_cls()
+    normal(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    criterion = nn.CrossEntropyLoss()
+    model.train()
+    start, train_loss = time.perf_counter(), 0.0
+    for i, (images, labels) in enumerate(loader):
+        if i == steps:
+            break
+        optimizer.zero_grad()
+        loss = criterion(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        train_loss += loss.item()
+    return steps * 20 / (time.perf_counter() - start)
+
+
+def torchvision_layout(tmp: Path) -> Path:
+    """The bundled files, decompressed where torchvision's MNIST class looks for them."""
+    raw = tmp / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for gz in DATA.glob("*.gz"):
+        (raw / gz.stem).write_bytes(gzip.decompress(gz.read_bytes()))
+    return tmp
+
+
+def timed_command(args: list[str], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, timeout=300)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def run_py(overrides: list[str], out: Path) -> tuple[float, str]:
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides,
+                             f"hydra.run.dir={out}", "train.progress=off"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    if result.returncode != 0:
+        raise RuntimeError(f"run.py {' '.join(overrides)} failed:\n{result.stderr[-2000:]}")
+    return time.perf_counter() - start, (out / "report.txt").read_text()
+
+
+def accuracy_of(report: str) -> float:
+    return float(report.split("overall:")[1].split("%")[0]) / 100
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="about a minute, for CI")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+    quick = args.quick
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    figures: dict = {"machine": {"cpu": platform.processor() or platform.machine(),
+                                 "threads": torch.get_num_threads(), "torch": torch.__version__,
+                                 "quick": quick}}
+    rows: list[tuple[str, str]] = []
+
+    start = time.perf_counter()
+    load_mnist(DATA, 12000, 0)
+    figures["data_load_seconds"] = time.perf_counter() - start
+    rows.append(("data load (read, verify SHA-256, split)", f"{figures['data_load_seconds']:.2f} s"))
+
+    peak = measured_peak(1.0 if quick else 3.0)
+    figures["peak_gflops"] = peak / 1e9
+    rows.append(("fp32 peak (best 2048^3 matmul)", f"{peak / 1e9:.0f} GFLOP/s"))
+
+    for model_cls in (FFNN, CNN):
+        name = model_cls.__name__.lower()
+        flops = training_flops(model_cls())
+        figures[f"{name}_train_mflop_per_sample"] = flops / 1e6
+        for batch in (20, 128, 512):
+            steps = max(10, (300 if quick else 1500) * 20 // batch)
+            rate = lab_step_rate(model_cls, batch, steps)
+            share = rate * flops / peak
+            figures[f"{name}_bs{batch}"] = {"samples_per_second": rate, "share_of_peak": share}
+            rows.append((f"{name} training, batch {batch}",
+                         f"{rate:,.0f} samples/s, {100 * share:.0f}% of peak"))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw_root = torchvision_layout(Path(tmp))
+        for model_cls in (FFNN, CNN):
+            name = model_cls.__name__.lower()
+            steps = 150 if quick else 1200
+            notebook = notebook_step_rate(model_cls, steps, raw_root)
+            lab = lab_step_rate(model_cls, 20, steps)
+            figures[f"{name}_epoch"] = {"notebook_seconds": TRAIN_IMAGES / notebook,
+                                        "lab_seconds": TRAIN_IMAGES / lab,
+                                        "speedup": lab / notebook}
+            rows.append((f"{name} epoch at batch 20: notebook pipeline vs lab loop",
+                         f"{TRAIN_IMAGES / notebook:.1f} s vs {TRAIN_IMAGES / lab:.1f} s "
+                         f"({lab / notebook:.1f}x)"))
+
+        runs = Path(tmp) / "runs"
+        short = ["model=ffnn", "train.epochs=2", "data.limit=12000" if quick else "data.limit=48000"]
+        store = f"tracking.uri=sqlite:///{runs}/mlflow.db"
+        off, _ = run_py([*short, "tracking=off"], runs / "off")
+        on, _ = run_py([*short, "tracking=local", store], runs / "on0")  # creates the store
+        on, _ = run_py([*short, "tracking=local", store], runs / "on")
+        figures["tracking"] = {"off_seconds": off, "on_seconds": on, "ratio": on / off}
+        rows.append((f"tracking on vs off ({' '.join(short)}, whole process)",
+                     f"{on:.1f} s vs {off:.1f} s ({100 * (on / off - 1):+.0f}%)"))
+
+        help_s = timed_command(["run.py", "--help"], 3)
+        error_s = timed_command(["run.py", "optim.lr=-1"], 3)
+        figures["startup"] = {"help_seconds": help_s, "config_error_seconds": error_s}
+        rows.append(("start-up: run.py --help / a config error", f"{help_s:.2f} s / {error_s:.2f} s"))
+
+        if (ROOT / "experiments" / "speedrun.yaml").is_file():
+            results = []
+            for seed in (0,) if quick else (0, 1, 2):
+                seconds, report = run_py(["experiment=speedrun", f"seed={seed}", "tracking=off"],
+                                         runs / f"speed{seed}")
+                results.append({"seed": seed, "seconds": seconds, "test_acc": accuracy_of(report)})
+            mean_acc = sum(r["test_acc"] for r in results) / len(results)
+            mean_s = sum(r["seconds"] for r in results) / len(results)
+            cnn_epoch = figures["cnn_epoch"]["notebook_seconds"]
+            figures["speedrun"] = {"runs": results, "mean_test_acc": mean_acc,
+                                   "mean_seconds": mean_s, "notebook_cnn_epoch_seconds": cnn_epoch}
+            rows.append((f"speedrun, {len(results)} seed(s), whole process",
+                         f"{mean_s:.1f} s ({100 * mean_s / cnn_epoch:.0f}% of one notebook CNN "
+                         f"epoch), test acc {100 * mean_acc:.2f}%"))
+        shutil.rmtree(runs, ignore_errors=True)
+
+    table = ["| measurement | result |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows]
+    text = "\n".join(table) + "\n"
+    print(text)
+    (out / "bench.md").write_text(text)
+    (out / "bench.json").write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"wrote {out}/bench.md and bench.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""The fault suite: bad input refused before any work, interrupted runs resumed, nothing lost."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from conftest import ROOT, compose_config, make_dataset, synthetic_digits, tiny_overrides, write_idx
+from mnist_lab import checkpoint, data, job
+from mnist_lab.checkpoint import CheckpointError, load_safely
+from mnist_lab.data import DataError
+from mnist_lab.schema import ConfigError
+from mnist_lab.train import DivergedError
+
+
+def store(tmp_path):
+    return f"sqlite:///{tmp_path}/store/mlflow.db"
+
+
+def runs_in(uri):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("mnist-lab")
+    return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
+def tracked(tiny_data, tmp_path, *extra):
+    return [*tiny_overrides(tiny_data), "tracking=local", f"tracking.uri={store(tmp_path)}", *extra]
+
+
+BAD_VALUES = ["optim.lr=0", "optim.lr=-1", "dropout.p=1", "dropout.p=-0.5", "train.batch_size=0",
+              "train.batch_size=501", "train.epochs=0", "data.val_size=0", "data.val_size=600",
+              "data.limit=0", "device=tpu"]
+
+
+@pytest.mark.parametrize("override", BAD_VALUES)
+def test_bad_values_are_refused_before_data_or_mlflow(tiny_data, tmp_path, override, monkeypatch):
+    loads = []
+    monkeypatch.setattr(job, "load_mnist", lambda *a, **k: loads.append(a))
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        job.run(compose_config(tracked(tiny_data, tmp_path, override)))
+    assert loads == [] and not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("override", ["model=resnet", "optim=lbfgs", "optim.lr=abc",
+                                      "train.epoch=3", "dropout.q=0.1", "sched=linear"])
+def test_unknown_options_keys_and_types_fail_at_composition(override):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException):
+        compose_config([override])
+
+
+def break_magic(root):
+    path = root / "train-labels-idx1-ubyte.gz"
+    raw = bytearray(data.gzip.decompress(path.read_bytes()))
+    raw[2:4] = b"\x09\x99"
+    path.write_bytes(data.gzip.compress(bytes(raw)))
+
+
+def mismatch_counts(root):
+    images, _ = synthetic_digits(590, 0)
+    write_idx(root / "train-images-idx3-ubyte", images)
+
+
+DATA_FAULTS = {
+    "missing file": (lambda root: (root / "t10k-labels-idx1-ubyte.gz").unlink(), "not found"),
+    "truncated gzip": (lambda root: (root / "train-images-idx3-ubyte.gz").write_bytes(
+        (root / "train-images-idx3-ubyte.gz").read_bytes()[:500]), "truncated or corrupt"),
+    "wrong magic": (break_magic, "magic number"),
+    "mismatched counts": (mismatch_counts, "590 train images but 600 labels"),
+}
+
+
+@pytest.mark.parametrize("fault", DATA_FAULTS)
+def test_data_faults_stop_before_training_and_record_no_run(tiny_data, tmp_path, fault):
+    damage, message = DATA_FAULTS[fault]
+    damage(tiny_data)
+    with pytest.raises(DataError, match=message):
+        job.run(compose_config(tracked(tiny_data, tmp_path)))
+    assert runs_in(store(tmp_path)) == []
+
+
+def test_checksum_mismatch_is_refused(tiny_data, tmp_path):
+    with pytest.raises(DataError, match="SHA-256"):
+        job.run(compose_config([*tracked(tiny_data, tmp_path), "data.verify=true"]))
+    assert runs_in(store(tmp_path)) == []
+
+
+def test_a_failed_download_leaves_nothing_behind(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    class BrokenMirror:
+        def __init__(self, root, train, download):
+            raw = os.path.join(root, "MNIST", "raw")
+            os.makedirs(raw, exist_ok=True)
+            make_dataset(tmp_path / "fake")  # not the real MNIST: fails verification
+            for f in (tmp_path / "fake").iterdir():
+                os.replace(f, os.path.join(raw, f.name))
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", BrokenMirror)
+    target = tmp_path / "target"
+    with pytest.raises(DataError, match="SHA-256"):
+        data.load_mnist(target, 12000, 0, download_missing=True)
+    assert list(target.iterdir()) == []
+
+
+def test_a_download_that_verifies_is_moved_in(tmp_path, monkeypatch):
+    import shutil
+
+    import torchvision.datasets
+
+    class Mirror:
+        def __init__(self, root, train, download):
+            raw = os.path.join(root, "MNIST", "raw")
+            os.makedirs(raw, exist_ok=True)
+            for f in (ROOT / "data" / "mnist").glob("*.gz"):
+                shutil.copy(f, raw)
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Mirror)
+    loaded = data.load_mnist(tmp_path / "fresh", 12000, 0, download_missing=True)
+    assert len(loaded.test_labels) == 10000
+    assert sorted(p.name for p in (tmp_path / "fresh").iterdir()) == sorted(
+        p.name for p in (ROOT / "data" / "mnist").glob("*.gz"))
+
+
+def test_divergence_names_epoch_and_step_and_fails_the_run(tiny_data, tmp_path):
+    cfg = compose_config(tracked(tiny_data, tmp_path, "optim=sgd", "optim.lr=1e12",
+                                 "dropout=none"))
+    with pytest.raises(DivergedError, match=r"epoch 1 at step \d+"):
+        job.run(cfg)
+    (run,) = runs_in(store(tmp_path))
+    assert run.info.status == "FAILED" and "non-finite" in run.data.tags["error"]
+
+
+def test_crafted_pickle_checkpoint_is_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"model": Payload()}, path)
+    with pytest.raises(CheckpointError, match="refused to load"):
+        load_safely(path)
+
+
+def test_resume_without_a_checkpoint_says_so(tiny_data):
+    with pytest.raises(ConfigError, match="resume=true: no checkpoint for this config"):
+        job.run(compose_config([*tiny_overrides(tiny_data), "resume=true"]))
+
+
+def start_lab(args, tmp_path):
+    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for_line(process, text, timeout=120):
+    deadline = time.monotonic() + timeout
+    lines = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        lines.append(line)
+        if text in line:
+            return lines
+        if not line and process.poll() is not None:
+            break
+    raise AssertionError(f"never saw {text!r}: {''.join(lines)}")
+
+
+def slow_enough(tmp_path):
+    """A dataset big enough that an epoch takes a moment, so signals land mid-run."""
+    return make_dataset(tmp_path / "bigger", train=4000, test=200)
+
+
+def test_sigint_stops_keeps_checkpoint_marks_killed_and_resume_continues(tmp_path):
+    root = slow_enough(tmp_path)
+    args = [*tiny_overrides(root), "tracking=local", f"tracking.uri={store(tmp_path)}",
+            "train.epochs=4", "model=cnn", f"hydra.run.dir={tmp_path}/o"]
+    process = start_lab(args, tmp_path)
+    wait_for_line(process, "epoch   1/4")
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "resume=true" in err and "python run.py" in err
+    (run,) = runs_in(store(tmp_path))
+    assert run.info.status == "KILLED"
+    saved = load_safely(checkpoint.folder_for(compose_config(args)) / checkpoint.LAST)
+    assert saved["epoch"] >= 1 and saved["run_id"] == run.info.run_id
+
+    resumed = subprocess.run([sys.executable, str(ROOT / "run.py"), *args, "resume=true"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    (run,) = runs_in(store(tmp_path))  # the same run continued, no new one
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in MlflowClient(store(tmp_path)).get_metric_history(run.info.run_id,
+                                                                               "val/loss")]
+    assert sorted(steps) == [1, 2, 3, 4]
+
+
+def test_sigterm_is_handled_like_ctrl_c(tmp_path):
+    root = slow_enough(tmp_path)
+    args = [*tiny_overrides(root), "tracking=local", f"tracking.uri={store(tmp_path)}",
+            "train.epochs=4", "model=cnn", f"hydra.run.dir={tmp_path}/o"]
+    process = start_lab(args, tmp_path)
+    wait_for_line(process, "epoch   1/4")
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert process.returncode == 130
+    (run,) = runs_in(store(tmp_path))
+    assert run.info.status == "KILLED"
+
+
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
+    root = slow_enough(tmp_path)
+    common = [*tiny_overrides(root), "train.epochs=3", "model=cnn", "tracking=off"]
+    whole = subprocess.run([sys.executable, str(ROOT / "run.py"), *common,
+                            f"checkpoint.dir={tmp_path}/ckpt-a", f"hydra.run.dir={tmp_path}/a"],
+                           capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+
+    killed = [*common, f"checkpoint.dir={tmp_path}/ckpt-b", f"hydra.run.dir={tmp_path}/b"]
+    process = start_lab(killed, tmp_path)
+    wait_for_line(process, "epoch   1/3")
+    time.sleep(0.3)  # into epoch 2
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    saved = load_safely(checkpoint.folder_for(compose_config(killed)) / checkpoint.LAST)
+    assert saved["epoch"] in (1, 2)
+    leftovers = list((checkpoint.folder_for(compose_config(killed))).glob("*.tmp"))
+    resumed = subprocess.run([sys.executable, str(ROOT / "run.py"), *killed, "resume=true"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"after epoch {saved['epoch']}" in resumed.stdout
+    report_a = (tmp_path / "a" / "report.txt").read_text()
+    report_b = (tmp_path / "b" / "report.txt").read_text()
+    assert report_a == report_b  # per-class counts and test loss, digit for digit
+    history_a = load_safely(checkpoint.folder_for(compose_config(common + [
+        f"checkpoint.dir={tmp_path}/ckpt-a"])) / checkpoint.LAST)["history"]
+    history_b = load_safely(checkpoint.folder_for(compose_config(killed)) / checkpoint.LAST)["history"]
+    for key in ("train/loss", "val/loss", "val/acc"):
+        assert history_a[key] == history_b[key], key
+    assert len(leftovers) <= 1  # at most the write that the kill interrupted
+
+
+def test_a_diverging_job_in_a_sweep_fails_alone(tiny_data, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "-m", *tracked(tiny_data, tmp_path),
+         "optim=sgd", "optim.lr=0.01,1e12", "dropout=none", f"hydra.sweep.dir={tmp_path}/s"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "job failed" in result.stderr and "non-finite" in result.stderr
+    runs = runs_in(store(tmp_path))
+    parent = next(r for r in runs if r.data.tags.get("sweep") == "true")
+    children = {r.data.params.get("optim.lr"): r for r in runs if r is not parent}
+    assert children["0.01"].info.status == "FINISHED"
+    assert children["1000000000000.0"].info.status == "FAILED"
+    assert parent.data.tags["sweep.failed"] == "1" and parent.data.tags["sweep.runs"] == "2"
+    assert parent.data.tags["best_run_id"] == children["0.01"].info.run_id
+
+
+def test_a_bad_value_in_a_sweep_is_recorded_failed_and_the_rest_run(tiny_data, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "-m", *tracked(tiny_data, tmp_path),
+         "dropout.p=0.1,1.5", f"hydra.sweep.dir={tmp_path}/s"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    statuses = sorted(r.info.status for r in runs_in(store(tmp_path))
+                      if r.data.tags.get("sweep") != "true")
+    assert statuses == ["FAILED", "FINISHED"]
+
+
+def test_rerun_repeats_a_logged_run_exactly(tiny_data, tmp_path, monkeypatch):
+    from mnist_lab.cli import main
+
+    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
+    job.run(compose_config(tracked(tiny_data, tmp_path, "model=cnn")))
+    (first,) = runs_in(store(tmp_path))
+    assert main(["rerun", first.info.run_id, "--uri", store(tmp_path)]) == 0
+    runs = runs_in(store(tmp_path))
+    assert len(runs) == 2
+    again = next(r for r in runs if r.info.run_id != first.info.run_id)
+    for key in ("test/acc", "test/loss", "best/val_loss"):
+        assert again.data.metrics[key] == first.data.metrics[key], key
