@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     quick = args.quick
+    torch.set_flush_denormal(True)  # as job.run does
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     figures: dict = {"machine": {"cpu": platform.processor() or platform.machine(),

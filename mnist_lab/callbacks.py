@@ -7,6 +7,7 @@ job (in this process, a joblib worker or a SLURM node) reads it and nests its ru
 
 from __future__ import annotations
 
+import atexit
 import math
 import tempfile
 from pathlib import Path
@@ -41,7 +42,14 @@ class MlflowSweepCallback(Callback):
                                            tags=tags).info.run_id
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_ID_FILE).write_text(self.parent_id)
+        # Ctrl-C or a crash skips on_multirun_end; the parent must not stay RUNNING then.
+        atexit.register(self._close, client, "KILLED")
         print(f"MLflow parent run {self.parent_id} for this sweep")
+
+    def _close(self, client, status: str) -> None:
+        if self.parent_id is not None:
+            client.set_terminated(self.parent_id, status)
+            self.parent_id = None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_id is None:
@@ -54,7 +62,7 @@ class MlflowSweepCallback(Callback):
             summarise(client, self.parent_id)
             status = "FINISHED"
         finally:
-            client.set_terminated(self.parent_id, status)
+            self._close(client, status)
 
 
 def children(client, parent_id: str) -> list:

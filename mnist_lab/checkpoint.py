@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 LAST = "last.ckpt"
 # Keys that don't change what a run computes, so they don't change which checkpoint it resumes.
 NOT_IDENTITY = ("resume", "tracking", "train.progress", "checkpoint", "launcher", "threads",
-                "train.eval_batch_size")
+                "eval")
 
 
 class CheckpointError(RuntimeError):

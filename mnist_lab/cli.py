@@ -93,9 +93,11 @@ def rerun(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mnist-lab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    from mnist_lab import compare
+    from mnist_lab import compare, predict, serving
 
     compare.add_parser(commands)
+    predict.add_parser(commands)
+    serving.add_parsers(commands)
     again = commands.add_parser("rerun", help="repeat a logged run from its recorded config")
     again.add_argument("run_id")
     again.add_argument("--uri", default=None, help="tracking URI (default as run.py)")

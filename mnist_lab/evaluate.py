@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mnist_lab.augment import tta_logits
 from mnist_lab.data import batches
 
 
@@ -34,13 +35,14 @@ class EvalResult:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-             batch_size: int = 1000, num_classes: int = 10) -> EvalResult:
+             batch_size: int = 1000, num_classes: int = 10, tta: bool = False) -> EvalResult:
+    """One pass in eval mode; `tta` averages the softmax over one-pixel shifts of each image."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
     preds, confs = [], []
     for x, y in batches(images, labels, batch_size):
-        logits = model(x)
+        logits = tta_logits(model, x) if tta else model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         conf, pred = logits.softmax(dim=1).max(dim=1)
         preds.append(pred)

@@ -33,6 +33,7 @@ def provenance_tags(device: str, checksums: dict[str, str]) -> dict[str, str]:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "device": device,
+        "torch.threads": str(torch.get_num_threads()),
         "host": socket.gethostname(),
         "platform": platform.platform(),
     }

@@ -51,6 +51,7 @@ class CNNConf(ModelConf):
     name: str = "cnn"
     channels: List[int] = field(default_factory=lambda: [16, 32])
     kernel_size: int = 3
+    batch_norm: bool = False
 
 
 @dataclass
@@ -172,8 +173,14 @@ class LauncherConf:
 class TrainConf:
     epochs: int = 20
     batch_size: int = 20
-    eval_batch_size: int = 1000  # evaluation only: larger batches, same numbers
     progress: str = "auto"  # auto: a bar on a terminal, one line per epoch otherwise
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class EvalConf:
+    batch_size: int = 1000  # evaluation only: larger batches, same numbers
+    tta: bool = False  # test set: average the softmax over one-pixel shifts
 
 
 @dataclass
@@ -183,6 +190,9 @@ class DataConf:
     verify: bool = True  # check SHA-256 of the decompressed files
     val_size: int = 12000
     limit: Optional[int] = None  # train on the first N of the training part only
+    augment: bool = False  # random rotation + shift per training image, on whole batches
+    rotate_degrees: float = 10.0
+    shift_pixels: float = 2.0
 
 
 @dataclass
@@ -206,6 +216,7 @@ class LabConfig:
     deterministic: bool = True
     resume: Any = False  # false, true (this config's last checkpoint) or an MLflow run id
     train: TrainConf = field(default_factory=TrainConf)
+    eval: EvalConf = field(default_factory=EvalConf)
     data: DataConf = field(default_factory=DataConf)
     checkpoint: CheckpointConf = field(default_factory=CheckpointConf)
 
@@ -269,9 +280,15 @@ def validate(cfg: DictConfig) -> None:
         _fail("sched.interval", cfg.sched.interval, "epoch or step")
     if cfg.train.epochs < 1:
         _fail("train.epochs", cfg.train.epochs, "at least 1")
-    for key in ("batch_size", "eval_batch_size"):
-        if cfg.train[key] < 1:
-            _fail(f"train.{key}", cfg.train[key], "at least 1")
+    if cfg.train.batch_size < 1:
+        _fail("train.batch_size", cfg.train.batch_size, "at least 1")
+    if cfg.eval.batch_size < 1:
+        _fail("eval.batch_size", cfg.eval.batch_size, "at least 1")
+    if not 0 <= cfg.train.label_smoothing < 1:
+        _fail("train.label_smoothing", cfg.train.label_smoothing, "a value in [0, 1)")
+    if cfg.data.augment and (cfg.data.rotate_degrees < 0 or cfg.data.shift_pixels < 0):
+        _fail("data.rotate_degrees/data.shift_pixels",
+              f"{cfg.data.rotate_degrees}/{cfg.data.shift_pixels}", "values >= 0")
     if cfg.data.limit is not None and cfg.data.limit < 1:
         _fail("data.limit", cfg.data.limit, "null (all) or at least 1")
     if cfg.data.val_size <= 0:

@@ -8,12 +8,13 @@ from mnist_lab.job import build_model, build_optimizer
 from mnist_lab.schema import ConfigError, validate
 
 GROUPS = {
-    "model": ["ffnn", "cnn"],
+    "model": ["ffnn", "cnn", "cnn_bn"],
     "optim": ["adam", "adamw", "sgd", "rmsprop"],
     "dropout": ["standard", "none"],
     "init": ["normal", "xavier", "kaiming", "default"],
     "sched": ["none", "step", "cosine", "onecycle"],
     "tracking": ["local", "off"],
+    "launcher": ["basic", "parallel", "slurm", "submitit_local"],
 }
 
 

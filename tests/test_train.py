@@ -7,7 +7,7 @@ from conftest import compose_config, run_lab, tiny_overrides
 from mnist_lab import job
 from mnist_lab.data import load_mnist
 from mnist_lab.evaluate import evaluate
-from mnist_lab.train import fit
+from mnist_lab.train import Recipe, fit
 
 
 def test_training_on_fixture_data_lowers_the_loss_and_learns(tiny_data):
@@ -17,7 +17,7 @@ def test_training_on_fixture_data_lowers_the_loss_and_learns(tiny_data):
     model = job.build_model(cfg)
     optimizer, scheduler = job.build_optimizer(cfg, model, 16)
     before = evaluate(model, data.val_images, data.val_labels)
-    result = fit(model, data, optimizer, scheduler, "epoch", 4, 32, 1000, seed=0, progress="off")
+    result = fit(model, data, optimizer, scheduler, Recipe(epochs=4, batch_size=32))
     history = result.history
     assert history["train/loss"][-1] < history["train/loss"][0]
     assert min(history["val/loss"]) < before.loss
@@ -40,7 +40,7 @@ def test_validation_ties_go_to_the_later_epoch(tiny_data, monkeypatch):
     optimizer, _ = job.build_optimizer(cfg, model, 16)
     fixed = evaluate(model, data.val_images, data.val_labels)
     monkeypatch.setattr("mnist_lab.train.evaluate", lambda *a, **k: fixed)
-    result = fit(model, data, optimizer, None, "epoch", 3, 64, 1000, seed=0, progress="off")
+    result = fit(model, data, optimizer, None, Recipe(epochs=3, batch_size=64))
     assert result.best_epoch == 3
 
 
@@ -55,7 +55,7 @@ def test_step_and_epoch_schedulers_change_the_lr(tiny_data):
         data = load_mnist(tiny_data, 100, 0, verify=False)
         model = job.build_model(cfg)
         optimizer, scheduler = job.build_optimizer(cfg, model, math.ceil(500 / 32))
-        result = fit(model, data, optimizer, scheduler, cfg.sched.interval, 3, 32, 1000, 0, "off")
+        result = fit(model, data, optimizer, scheduler, Recipe.from_config(cfg))
         assert check(result.history["lr"]), (sched, result.history["lr"])
 
 

@@ -1,0 +1,125 @@
+"""Using trained models: load one from a run, the registry or a checkpoint; re-evaluate; register.
+
+    mnist-lab evaluate --run RUN_ID
+    mnist-lab register --parent SWEEP_RUN_ID --name mnist-cnn
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+
+class ModelSourceError(RuntimeError):
+    """The requested model can't be found or loaded; the message says which and why."""
+
+
+def model_from_files(config_path: Path, state_path: Path) -> tuple[torch.nn.Module, DictConfig]:
+    """The model that a logged config.yaml builds, with best.pth loaded (weights_only)."""
+    from mnist_lab.checkpoint import load_safely
+    from mnist_lab.job import build_model
+    from mnist_lab.schema import LabConfig
+
+    cfg = OmegaConf.merge(OmegaConf.structured(LabConfig), OmegaConf.load(config_path))
+    model = build_model(cfg)
+    model.load_state_dict(load_safely(state_path))
+    return model.eval(), cfg
+
+
+def client_for(uri: str | None):
+    from mnist_lab.tracking import connect
+
+    return connect(OmegaConf.create({"uri": uri, "experiment": "mnist-lab"}))[0]
+
+
+def model_from_run(run_id: str, uri: str | None) -> tuple[torch.nn.Module, DictConfig]:
+    client = client_for(uri)
+    try:
+        config = client.download_artifacts(run_id, "config.yaml")
+        state = client.download_artifacts(run_id, "best.pth")
+    except Exception as err:
+        raise ModelSourceError(f"run {run_id}: config.yaml or best.pth not found ({err})") from None
+    return model_from_files(Path(config), Path(state))
+
+
+def load_model(run: str | None = None, registered: str | None = None,
+               checkpoint: str | None = None, config: str | None = None,
+               uri: str | None = None) -> torch.nn.Module:
+    """One of: an MLflow run's best model, a `models:/NAME/VERSION` URI, or best.pth + config."""
+    if run:
+        return model_from_run(run, uri)[0]
+    if registered:
+        import mlflow
+
+        client_for(uri)  # sets the tracking URI, checked
+        try:
+            return mlflow.pytorch.load_model(registered).eval()
+        except Exception as err:
+            raise ModelSourceError(f"{registered}: cannot load ({err})") from None
+    if checkpoint and config:
+        return model_from_files(Path(config), Path(checkpoint))[0]
+    raise ModelSourceError("name a model: --run RUN_ID, --model models:/NAME/VERSION, or "
+                           "--checkpoint best.pth with --config config.yaml")
+
+
+def evaluate_run(args: argparse.Namespace) -> int:
+    """Re-evaluate a logged run's best model on the test set against its logged test/acc."""
+    from mnist_lab.data import load_mnist
+    from mnist_lab.evaluate import evaluate, report
+
+    try:
+        model, cfg = model_from_run(args.run, args.uri)
+    except ModelSourceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    data = load_mnist(cfg.data.root if Path(cfg.data.root).is_dir() else args.data,
+                      cfg.data.val_size, cfg.seed, verify=cfg.data.verify)
+    result = evaluate(model, data.test_images, data.test_labels, cfg.eval.batch_size,
+                      tta=cfg.eval.tta)
+    print(report(result, f"run {args.run}"))
+    logged = client_for(args.uri).get_run(args.run).data.metrics.get("test/acc")
+    if logged is None:
+        print("the run logged no test/acc to compare with")
+        return 0
+    same = abs(logged - result.accuracy) < 1e-12
+    print(f"logged test/acc {logged:.4f}, now {result.accuracy:.4f}: "
+          f"{'reproduced exactly' if same else 'DIFFERENT'}")
+    return 0 if same else 1
+
+
+def register(args: argparse.Namespace) -> int:
+    """Register a sweep's best child (or one run) in the Model Registry under --name."""
+    import mlflow
+
+    client = client_for(args.uri)
+    run_id = args.run
+    if args.parent:
+        best = client.get_run(args.parent).data.tags.get("best_run_id")
+        if not best:
+            print(f"error: run {args.parent} has no best_run_id tag; is it a finished sweep?",
+                  file=sys.stderr)
+            return 2
+        run_id = best
+    version = mlflow.register_model(f"runs:/{run_id}/model", args.name)
+    print(f"registered run {run_id} as models:/{args.name}/{version.version}")
+    return 0
+
+
+def add_parsers(commands) -> None:
+    evaluate = commands.add_parser("evaluate", help="re-evaluate a logged run's best model")
+    evaluate.add_argument("--run", required=True, metavar="RUN_ID")
+    evaluate.add_argument("--data", default=None, help="data root if the run's is not here")
+    evaluate.add_argument("--uri", default=None, help="tracking URI (default as run.py)")
+    evaluate.set_defaults(handler=evaluate_run)
+
+    reg = commands.add_parser("register", help="register a sweep's best model in the registry")
+    source = reg.add_mutually_exclusive_group(required=True)
+    source.add_argument("--parent", metavar="RUN_ID", help="a sweep's parent run: its best child")
+    source.add_argument("--run", metavar="RUN_ID", help="one training run")
+    reg.add_argument("--name", required=True, help="registered model name")
+    reg.add_argument("--uri", default=None, help="tracking URI (default as run.py)")
+    reg.set_defaults(handler=register)
