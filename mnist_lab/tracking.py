@@ -106,7 +106,8 @@ def run_name(cfg: DictConfig, overrides: list[str]) -> str:
     """`cnn-adam-lr0.001-p0.2`, then any other override, so runs read apart in the UI."""
     name = f"{cfg.model.name}-{cfg.optim.name}-lr{cfg.optim.lr:g}-p{cfg.dropout.p:g}"
     covered = ("model=", "optim=", "optim.lr=", "dropout=", "dropout.p=", "experiment=",
-               "tracking", "hydra.", "data.root=")
+               "tracking", "hydra.", "data.root=", "train.progress=", "checkpoint.", "launcher",
+               "resume=", "threads=")
     extra = [o.lstrip("+~") for o in overrides if not o.lstrip("+~").startswith(covered)]
     return "-".join([name, *extra])
 

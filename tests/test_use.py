@@ -1,0 +1,168 @@
+"""Beyond the notebook: cnn_bn, augmentation, TTA, and using trained models (predict, evaluate,
+register)."""
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from conftest import REAL_DATA, compose_config, tiny_overrides
+from mnist_lab import job
+from mnist_lab.augment import random_affine, shift, tta_logits
+from mnist_lab.cli import main
+from mnist_lab.data import load_mnist, to_float
+from mnist_lab.evaluate import evaluate
+from mnist_lab.predict import ImageError, to_mnist
+
+
+def test_cnn_bn_builds_from_yaml_with_batch_norm_and_trains(tiny_data, tmp_path, monkeypatch):
+    cfg = compose_config([*tiny_overrides(tiny_data), "model=cnn_bn", "train.epochs=3"])
+    model = job.build_model(cfg)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 2
+    assert all(m.bias is None for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
+    assert job.run(cfg) < 2.3  # below chance-level cross-entropy (ln 10 = 2.30)
+
+
+def test_augmentation_keeps_shape_range_and_identity_at_zero():
+    x = to_float(load_mnist(REAL_DATA, 12000, 0).test_images[:64])
+    same = random_affine(x, 0.0, 0.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(same, x, atol=1e-5)
+    moved = random_affine(x, 15.0, 3.0, torch.Generator().manual_seed(0))
+    assert moved.shape == x.shape and moved.min() >= 0 and moved.max() <= 1
+    differs = (moved - x).abs().flatten(1).amax(dim=1) > 0.1
+    assert differs.float().mean() > 0.9  # each image gets its own transform
+    again = random_affine(x, 15.0, 3.0, torch.Generator().manual_seed(0))
+    assert torch.equal(moved, again)
+    assert torch.equal(shift(x, 1, 0)[..., 1:], x[..., :-1])
+
+
+def test_augmented_training_keeps_labels_and_learns(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
+    cfg = compose_config([*tiny_overrides(tiny_data), "data.augment=true", "train.epochs=3",
+                          "train.label_smoothing=0.1", "eval.tta=true", "model=cnn"])
+    assert job.run(cfg) < 2.3
+    report = (tmp_path / "out" / "report.txt").read_text()
+    assert float(report.split("overall:")[1].split("%")[0]) > 50
+
+
+def test_tta_averages_shifted_predictions():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    x = torch.rand(4, 1, 28, 28)
+    logits = tta_logits(model, x)
+    assert torch.allclose(logits.exp().sum(dim=1), torch.ones(4), atol=1e-5)
+    result = evaluate(model, (x[:, 0] * 255).to(torch.uint8), torch.arange(4), tta=True)
+    assert result.confusion.sum() == 4
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A quickly trained FFNN on real MNIST (10,000 images, 1 epoch), logged to its own store."""
+    tmp = tmp_path_factory.mktemp("trained")
+    uri = f"sqlite:///{tmp}/store/mlflow.db"
+    cfg = compose_config(["model=ffnn", "train.epochs=1", "data.limit=10000", "train.batch_size=64",
+                          "tracking=local", f"tracking.uri={uri}", "train.progress=off",
+                          f"checkpoint.dir={tmp}/ckpt"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(job, "output_dir", lambda: tmp / "out")
+        job.run(cfg)
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist-lab").experiment_id])
+    return uri, run, tmp
+
+
+def render(digit: torch.Tensor, path, dark_on_light: bool, scale: int = 5, offset=(17, 9)):
+    """A test digit drawn larger and off-centre on a bigger canvas, either polarity."""
+    big = np.asarray(Image.fromarray(digit.numpy()).resize((28 * scale, 28 * scale),
+                                                           Image.Resampling.BILINEAR))
+    canvas = np.zeros((28 * scale + 40, 28 * scale + 30), dtype=np.uint8)
+    canvas[offset[0]:offset[0] + big.shape[0], offset[1]:offset[1] + big.shape[1]] = big
+    if dark_on_light:
+        canvas = 255 - canvas
+    Image.fromarray(canvas).convert("RGB").save(path)
+
+
+def test_predict_classifies_digits_in_both_polarities(trained_run, tmp_path, capsys):
+    uri, run, _ = trained_run
+    data = load_mnist(REAL_DATA, 12000, 0)
+    files, labels = [], []
+    for i in range(12):
+        for dark in (False, True):
+            path = tmp_path / f"digit{i}-{'dark' if dark else 'light'}.png"
+            render(data.test_images[i], path, dark)
+            files.append(str(path))
+            labels.append(int(data.test_labels[i]))
+    assert main(["predict", *files, "--run", run.info.run_id, "--uri", uri, "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    predicted = [r["prediction"] for r in results]
+    right = sum(p == t for p, t in zip(predicted, labels))
+    assert right >= 22, list(zip(predicted, labels))  # a 1-epoch FFNN, 24 drawings
+    assert all(len(r["top3"]) == 3 and r["top3"][0]["probability"] >= r["top3"][1]["probability"]
+               for r in results)
+    # polarity does not change the answer
+    assert predicted[0::2] == predicted[1::2]
+
+
+def test_predict_reports_bad_files_and_still_classifies_the_rest(trained_run, tmp_path, capsys):
+    uri, run, _ = trained_run
+    good = tmp_path / "seven.png"
+    render(load_mnist(REAL_DATA, 12000, 0).test_images[0], good, dark_on_light=True)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    blank = tmp_path / "blank.png"
+    Image.new("L", (40, 40), 255).save(blank)
+    code = main(["predict", str(text), str(good), str(blank), "--run", run.info.run_id,
+                 "--uri", uri])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert f"{text}: not a readable image" in err and f"{blank}: no digit found" in err
+    assert out.startswith(f"{good}: 7")
+    with pytest.raises(ImageError):
+        to_mnist(text)
+
+
+def test_to_mnist_matches_the_dataset_form():
+    data = load_mnist(REAL_DATA, 12000, 0)
+    digit = data.test_images[3]
+    prepared = to_mnist_from_array(digit.numpy())
+    original = digit.float() / 255
+    assert prepared.shape == (28, 28)
+    ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    mass = prepared.sum()
+    assert abs((ys * prepared).sum() / mass - 14) < 1 and abs((xs * prepared).sum() / mass - 14) < 1
+    assert torch.corrcoef(torch.stack([prepared.flatten(), original.flatten()]))[0, 1] > 0.8
+
+
+def to_mnist_from_array(array):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "d.png"
+        Image.fromarray(array).save(path)
+        return to_mnist(path)
+
+
+def test_evaluate_reproduces_the_logged_accuracy(trained_run, capsys):
+    uri, run, _ = trained_run
+    assert main(["evaluate", "--run", run.info.run_id, "--uri", uri]) == 0
+    assert "reproduced exactly" in capsys.readouterr().out
+
+
+def test_register_then_load_by_name(trained_run):
+    uri, run, _ = trained_run
+    assert main(["register", "--run", run.info.run_id, "--name", "mnist-test", "--uri", uri]) == 0
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pytorch.load_model("models:/mnist-test/latest")
+    x = torch.rand(5, 1, 28, 28)
+    local = job.build_model(compose_config(["model=ffnn"]))
+    state = mlflow.MlflowClient(uri).download_artifacts(run.info.run_id, "best.pth")
+    local.load_state_dict(torch.load(state, weights_only=True))
+    local.eval()
+    with torch.inference_mode():
+        assert torch.allclose(model(x), local(x), atol=1e-5)
