@@ -40,7 +40,7 @@ class CNN(nn.Sequential):
 
     def __init__(self, name: str = "cnn", image_size: int = 28, channels: Sequence[int] = (16, 32),
                  kernel_size: int = 3, hidden: Sequence[int] = (512, 256), num_classes: int = 10,
-                 dropout: float = 0.2, batch_norm: bool = False):
+                 dropout: float = 0.2, batch_norm: bool = False, channels_last: bool = True):
         layers: list[nn.Module] = []
         in_channels, side = 1, image_size
         for out_channels in channels:
@@ -57,6 +57,16 @@ class CNN(nn.Sequential):
         layers += classifier_head(in_channels * side * side, hidden, num_classes, dropout)
         super().__init__(*layers)
         self.name = name
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # NHWC lets oneDNN run conv, batch norm and pooling without layout changes: 1.1-1.4x
+        # faster training on CPU (benchmarks/); the state_dict is the same either way.
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return super().forward(x)
 
 
 def count_parameters(model: nn.Module) -> int:
