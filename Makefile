@@ -25,9 +25,13 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 ui: $(STAMP)
+	@$(PY) -c "from mlflow import MlflowClient as C; e = C('sqlite:///$(CURDIR)/mlruns/mlflow.db').get_experiment_by_name('mnist-lab'); print('training runs: http://127.0.0.1:5000/#/experiments/%s/runs' % (e.experiment_id if e else 1))"
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 \
 	  --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 	  --default-artifact-root $(CURDIR)/mlruns/artifacts
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py $(ARGS)
 
 clean:
 	rm -rf outputs multirun

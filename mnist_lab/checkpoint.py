@@ -17,14 +17,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_lab.errors import CheckpointError
+
 LAST = "last.ckpt"
 # Keys that don't change what a run computes, so they don't change which checkpoint it resumes.
 NOT_IDENTITY = ("resume", "tracking", "train.progress", "checkpoint", "launcher", "threads",
                 "eval")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or state_dict can't be loaded safely; the message says why."""
 
 
 def config_key(cfg: DictConfig) -> str:

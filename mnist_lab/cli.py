@@ -8,7 +8,8 @@ import sys
 
 from omegaconf import DictConfig
 
-from mnist_lab.schema import ConfigError
+from mnist_lab.errors import LabError, TrackingError
+from mnist_lab.schema import validate
 
 WORST_OBJECTIVE = math.inf  # what a sweeper sees for a failed job (the objective is minimised)
 
@@ -22,11 +23,8 @@ def is_multirun() -> bool:
 def train(cfg: DictConfig) -> float:
     """run.py's body. Known input errors end a single run with one line and exit status 2; in a
     sweep, a failed job is reported and scored as the worst objective so the others go on."""
-    from mnist_lab.checkpoint import CheckpointError
-    from mnist_lab.data import DataError
-    from mnist_lab.tracking import TrackingError, record_failed_job
-
     try:
+        validate(cfg)  # before torch and MLflow are even imported: a typo answers at once
         from mnist_lab.job import run
 
         return run(cfg)
@@ -35,10 +33,12 @@ def train(cfg: DictConfig) -> float:
         if is_multirun():
             raise
         sys.exit(130)
-    except (ConfigError, DataError, TrackingError, CheckpointError) as err:
+    except LabError as err:
         if is_multirun():
             print(f"job failed: {err}", file=sys.stderr)
             if not isinstance(err, TrackingError):
+                from mnist_lab.tracking import record_failed_job
+
                 record_failed_job(cfg, err)
             return WORST_OBJECTIVE
         print(f"error: {err}", file=sys.stderr)
@@ -103,8 +103,21 @@ def main(argv: list[str] | None = None) -> int:
     again.add_argument("--uri", default=None, help="tracking URI (default as run.py)")
     again.add_argument("--experiment", default="mnist-lab")
     again.set_defaults(handler=rerun)
+    bench = commands.add_parser("bench", help="benchmarks/bench.py: speed figures (--quick, --out)",
+                                add_help=False)
+    bench.add_argument("options", nargs=argparse.REMAINDER)
+    bench.set_defaults(handler=run_bench)
     args = parser.parse_args(argv)
     return args.handler(args)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import runpy
+
+    from mnist_lab.schema import PROJECT_ROOT
+
+    script = runpy.run_path(str(PROJECT_ROOT / "benchmarks" / "bench.py"))
+    return script["main"](args.options)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from mnist_lab.errors import DataError
+
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
 
@@ -31,10 +33,6 @@ SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-
-
-class DataError(Exception):
-    """A data file is missing, corrupt or inconsistent; the message names the file and the fix."""
 
 
 @dataclass

@@ -17,16 +17,14 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from mnist_lab.errors import ConfigError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEVICES = ("auto", "cpu", "cuda")
 PROGRESS = ("auto", "bar", "lines", "off")
 
 if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
-
-
-class ConfigError(ValueError):
-    """A config value is out of range; the message names the key, the value and what is allowed."""
 
 
 # --- groups ------------------------------------------------------------------------------------

@@ -15,14 +15,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_lab.errors import ConfigError, TrackingError
 from mnist_lab.schema import PROJECT_ROOT
 
 PARENT_ID_FILE = "mlflow_parent_run_id"  # in the sweep folder, written by the sweep callback
 STATUS_FOR = {KeyboardInterrupt: "KILLED", SystemExit: "KILLED"}
-
-
-class TrackingError(RuntimeError):
-    """The tracking store can't be used; the message says what to change."""
 
 
 def resolve_uri(tracking: DictConfig) -> str:
@@ -266,8 +263,6 @@ def record_failed_job(cfg: DictConfig, err: Exception) -> None:
 
 def checkpoint_of(cfg: DictConfig, run_id: str) -> Path:
     """The checkpoint recorded on an MLflow run, for resume=RUN_ID."""
-    from mnist_lab.schema import ConfigError
-
     if not cfg.tracking.enabled:
         raise ConfigError(f"resume={run_id} looks the run up in MLflow, which tracking=off "
                           "turns off; use resume=true, or turn tracking on")

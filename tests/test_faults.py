@@ -177,18 +177,24 @@ def slow_enough(tmp_path):
     return make_dataset(tmp_path / "bigger", train=4000, test=200)
 
 
-def test_sigint_stops_keeps_checkpoint_marks_killed_and_resume_continues(tmp_path):
-    root = slow_enough(tmp_path)
-    args = [*tiny_overrides(root), "tracking=local", f"tracking.uri={store(tmp_path)}",
-            "train.epochs=4", "model=cnn", f"hydra.run.dir={tmp_path}/o"]
+def interrupt_after_first_epoch(tmp_path, signum):
+    """Start a 4-epoch tracked run, send `signum` once epoch 1 is done; (args, stderr, run)."""
+    args = [*tiny_overrides(slow_enough(tmp_path)), "tracking=local",
+            f"tracking.uri={store(tmp_path)}", "train.epochs=4", "model=cnn",
+            f"hydra.run.dir={tmp_path}/o"]
     process = start_lab(args, tmp_path)
     wait_for_line(process, "epoch   1/4")
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130
-    assert "resume=true" in err and "python run.py" in err
     (run,) = runs_in(store(tmp_path))
     assert run.info.status == "KILLED"
+    return args, err, run
+
+
+def test_sigint_stops_keeps_checkpoint_marks_killed_and_resume_continues(tmp_path):
+    args, err, run = interrupt_after_first_epoch(tmp_path, signal.SIGINT)
+    assert "resume=true" in err and "python run.py" in err
     saved = load_safely(checkpoint.folder_for(compose_config(args)) / checkpoint.LAST)
     assert saved["epoch"] >= 1 and saved["run_id"] == run.info.run_id
 
@@ -203,16 +209,8 @@ def test_sigint_stops_keeps_checkpoint_marks_killed_and_resume_continues(tmp_pat
 
 
 def test_sigterm_is_handled_like_ctrl_c(tmp_path):
-    root = slow_enough(tmp_path)
-    args = [*tiny_overrides(root), "tracking=local", f"tracking.uri={store(tmp_path)}",
-            "train.epochs=4", "model=cnn", f"hydra.run.dir={tmp_path}/o"]
-    process = start_lab(args, tmp_path)
-    wait_for_line(process, "epoch   1/4")
-    process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=60)
-    assert process.returncode == 130
-    (run,) = runs_in(store(tmp_path))
-    assert run.info.status == "KILLED"
+    _, err, _ = interrupt_after_first_epoch(tmp_path, signal.SIGTERM)
+    assert "resume=true" in err
 
 
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):

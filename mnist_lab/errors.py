@@ -1,0 +1,24 @@
+"""The lab's input errors. Each message names the key or file, the value and the fix.
+
+Kept free of torch and MLflow imports so run.py can report a bad config in well under a second.
+"""
+
+
+class LabError(Exception):
+    """Bad input: reported in one line, exit status 2, before any work starts."""
+
+
+class ConfigError(LabError, ValueError):
+    """A config value is out of range."""
+
+
+class DataError(LabError):
+    """A data file is missing, corrupt or inconsistent."""
+
+
+class TrackingError(LabError, RuntimeError):
+    """The tracking store can't be used."""
+
+
+class CheckpointError(LabError, RuntimeError):
+    """A checkpoint or state_dict can't be loaded safely."""
