@@ -79,7 +79,8 @@ def summary_rows(runs: list, swept: list[str]) -> list[dict]:
     for run in runs:
         row = {"run": run.info.run_name, "run_id": run.info.run_id, "status": run.info.status}
         row.update({key: run.data.params.get(key, "") for key in swept})
-        row.update({key: run.data.metrics.get(key, "") for key in SUMMARY_METRICS})
+        row.update({key: round(run.data.metrics[key], 6) if key in run.data.metrics else ""
+                    for key in SUMMARY_METRICS})
         if run.info.end_time and run.info.start_time:
             row["wall_seconds"] = round((run.info.end_time - run.info.start_time) / 1000, 1)
         rows.append(row)
@@ -87,11 +88,12 @@ def summary_rows(runs: list, swept: list[str]) -> list[dict]:
 
 
 def swept_keys(runs: list) -> list[str]:
-    """Params whose values differ between the runs: what the sweep varied."""
-    keys = set().union(*(run.data.params for run in runs)) if runs else set()
-    varied = [k for k in sorted(keys)
-              if len({run.data.params.get(k) for run in runs}) > 1 and not k.startswith("data.root")]
-    return varied
+    """The params the sweep varied, read from each child's Hydra overrides; a group choice
+    (`model=cnn`) shows as that group's `name` param."""
+    chosen = [dict(o.split("=", 1) for o in r.data.tags.get("hydra.overrides", "").split()
+                   if "=" in o) for r in runs]
+    varied = sorted({k for o in chosen for k in o if len({c.get(k) for c in chosen}) > 1})
+    return [k if "." in k else f"{k}.name" for k in varied]
 
 
 def summarise(client, parent_id: str) -> None:

@@ -105,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     again.set_defaults(handler=rerun)
     bench = commands.add_parser("bench", help="benchmarks/bench.py: speed figures (--quick, --out)",
                                 add_help=False)
-    bench.add_argument("options", nargs=argparse.REMAINDER)
     bench.set_defaults(handler=run_bench)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.options = extra  # bench parses its own options
     return args.handler(args)
 
 

@@ -71,7 +71,3 @@ class CNN(nn.Sequential):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def example_input(batch: int = 1) -> torch.Tensor:
-    return torch.zeros(batch, 1, 28, 28)
