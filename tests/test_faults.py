@@ -284,3 +284,21 @@ def test_rerun_repeats_a_logged_run_exactly(tiny_data, tmp_path, monkeypatch):
     again = next(r for r in runs if r.info.run_id != first.info.run_id)
     for key in ("test/acc", "test/loss", "best/val_loss"):
         assert again.data.metrics[key] == first.data.metrics[key], key
+
+
+def test_resume_by_run_id_continues_that_run_and_checks_the_config(tiny_data, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
+    job.run(compose_config(tracked(tiny_data, tmp_path)))
+    (run,) = runs_in(store(tmp_path))
+    job.run(compose_config(tracked(tiny_data, tmp_path, f"resume={run.info.run_id}")))
+    (again,) = runs_in(store(tmp_path))  # still one run: it was continued, not duplicated
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    steps = [m.step for m in MlflowClient(store(tmp_path)).get_metric_history(run.info.run_id,
+                                                                               "val/loss")]
+    assert sorted(steps) == [1, 2]
+    with pytest.raises(ConfigError, match="made with another config"):
+        job.run(compose_config(tracked(tiny_data, tmp_path, f"resume={run.info.run_id}",
+                                       "optim.lr=0.01")))
+    with pytest.raises(ConfigError, match="no such run"):
+        job.run(compose_config(tracked(tiny_data, tmp_path, "resume=0123456789abcdef")))
