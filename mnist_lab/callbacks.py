@@ -99,7 +99,7 @@ def swept_keys(runs: list) -> list[str]:
 def summarise(client, parent_id: str) -> None:
     """Table (CSV + Markdown), overlaid val/loss curves and the best child, on the parent."""
     from mnist_lab.plots import overlay
-    from mnist_lab.tracking import write_table
+    from mnist_lab.tracking import metric_curve, write_table
 
     runs = children(client, parent_id)
     rows = summary_rows(runs, swept_keys(runs))
@@ -109,9 +109,7 @@ def summarise(client, parent_id: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         write_table(rows, out / "sweep_summary.csv", out / "sweep_summary.md")
-        curves = {r.info.run_name: [m.value for m in
-                                    sorted(client.get_metric_history(r.info.run_id, "val/loss"),
-                                           key=lambda m: m.step)] for r in runs}
+        curves = {r.info.run_name: metric_curve(client, r.info.run_id) for r in runs}
         overlay(curves, out / "sweep_val_loss.png", "val/loss", "validation loss per run")
         client.log_artifacts(parent_id, str(out))
     client.set_tag(parent_id, "sweep.runs", str(len(runs)))

@@ -62,14 +62,10 @@ def resume_hint(cfg: DictConfig) -> str:
 
 def rerun(args: argparse.Namespace) -> int:
     """Repeat a logged run from the resolved config.yaml it recorded, as a new MLflow run."""
-    from omegaconf import OmegaConf
-
     from mnist_lab.job import run
-    from mnist_lab.schema import LabConfig
-    from mnist_lab.tracking import connect
+    from mnist_lab.tracking import client_for, load_logged_config
 
-    lookup = OmegaConf.create({"uri": args.uri, "experiment": args.experiment})
-    client, _ = connect(lookup)
+    client = client_for(args.uri, args.experiment)
     try:
         original = client.get_run(args.run_id)
         path = client.download_artifacts(args.run_id, "config.yaml")
@@ -77,7 +73,7 @@ def rerun(args: argparse.Namespace) -> int:
         print(f"error: run {args.run_id} or its config.yaml is not in the store ({err})",
               file=sys.stderr)
         return 2
-    cfg = OmegaConf.merge(OmegaConf.structured(LabConfig), OmegaConf.load(path))
+    cfg = load_logged_config(path)
     cfg.resume = False
     if args.uri:
         cfg.tracking.uri = args.uri

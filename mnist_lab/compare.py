@@ -11,8 +11,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 COLUMNS = ("run", "model", "optim", "lr", "dropout", "init", "best_val_loss", "test_acc",
            "weakest_class", "wall_s")
 SORT_KEYS = ("best_val_loss", "test_acc", "wall_s", "lr", "run")
@@ -81,22 +79,18 @@ def format_table(rows: list[dict]) -> str:
 
 def write_outputs(client, runs: list, rows: list[dict], out: Path, title: str) -> None:
     from mnist_lab import plots
-    from mnist_lab.tracking import write_table
+    from mnist_lab.tracking import metric_curve, write_table
 
     out.mkdir(parents=True, exist_ok=True)
     write_table(rows, out / "compare.csv", out / "compare.md")
-    curves = {}
-    for run in runs:
-        history = client.get_metric_history(run.info.run_id, "val/loss")
-        curves[run.info.run_name] = [m.value for m in sorted(history, key=lambda m: m.step)]
+    curves = {run.info.run_name: metric_curve(client, run.info.run_id) for run in runs}
     plots.overlay(curves, out / "compare_val_loss.png", "val/loss", title)
 
 
 def compare(args: argparse.Namespace) -> int:
-    from mnist_lab.tracking import connect
+    from mnist_lab.tracking import client_for
 
-    tracking = OmegaConf.create({"uri": args.uri, "experiment": args.experiment})
-    client, _ = connect(tracking)
+    client = client_for(args.uri, args.experiment)
     runs, scope = find_runs(client, args.experiment, args.parent, args.last)
     if not runs:
         print(f"no training runs in {scope}", file=sys.stderr)

@@ -12,9 +12,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
 
 class ImageError(ValueError):
     """A file is not a usable digit image; the message names the file."""
@@ -22,6 +19,8 @@ class ImageError(ValueError):
 
 def to_mnist(path: Path) -> torch.Tensor:
     """A (28, 28) float tensor in [0, 1], white digit on black, centred by mass."""
+    import numpy as np
+    import torch
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -53,10 +52,12 @@ def to_mnist(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.clip(field, 0.0, 1.0))
 
 
-@torch.inference_mode()
 def classify(model: torch.nn.Module, images: torch.Tensor, top: int = 3) -> list[list[tuple]]:
     """Top-k (digit, probability) for each (28, 28) image."""
-    probs = model(images.unsqueeze(1)).softmax(dim=1)
+    import torch
+
+    with torch.inference_mode():
+        probs = model(images.unsqueeze(1)).softmax(dim=1)
     values, digits = probs.topk(top, dim=1)
     return [list(zip(d.tolist(), v.tolist())) for d, v in zip(digits, values)]
 

@@ -10,8 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from mnist_lab.tracking import client_for, load_logged_config
 
 
 class ModelSourceError(RuntimeError):
@@ -22,18 +23,11 @@ def model_from_files(config_path: Path, state_path: Path) -> tuple[torch.nn.Modu
     """The model that a logged config.yaml builds, with best.pth loaded (weights_only)."""
     from mnist_lab.checkpoint import load_safely
     from mnist_lab.job import build_model
-    from mnist_lab.schema import LabConfig
 
-    cfg = OmegaConf.merge(OmegaConf.structured(LabConfig), OmegaConf.load(config_path))
+    cfg = load_logged_config(config_path)
     model = build_model(cfg)
     model.load_state_dict(load_safely(state_path))
     return model.eval(), cfg
-
-
-def client_for(uri: str | None):
-    from mnist_lab.tracking import connect
-
-    return connect(OmegaConf.create({"uri": uri, "experiment": "mnist-lab"}))[0]
 
 
 def model_from_run(run_id: str, uri: str | None) -> tuple[torch.nn.Module, DictConfig]:

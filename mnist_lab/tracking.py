@@ -70,6 +70,23 @@ def connect(tracking: DictConfig):
         raise TrackingError(f"MLflow store {uri} failed: {err}; {hint}") from None
 
 
+def client_for(uri: str | None, experiment: str = "mnist-lab"):
+    """A client on the store run.py would use (or `uri`), for the mnist-lab commands."""
+    return connect(OmegaConf.create({"uri": uri, "experiment": experiment}))[0]
+
+
+def metric_curve(client, run_id: str, key: str = "val/loss") -> list[float]:
+    """A run's metric values in step order."""
+    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def load_logged_config(path) -> DictConfig:
+    """A run's recorded config.yaml, checked against the schema."""
+    from mnist_lab.schema import LabConfig
+
+    return OmegaConf.merge(OmegaConf.structured(LabConfig), OmegaConf.load(path))
+
+
 def flatten(cfg: DictConfig) -> dict[str, str]:
     """The resolved config as `a.b.c` -> value strings, the form MLflow params take."""
     flat: dict[str, str] = {}
