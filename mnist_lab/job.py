@@ -88,7 +88,7 @@ def write_outputs(out: Path, cfg: DictConfig, result, test, data) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    torch.save(result.best_state, out / "best.pth")
+    checkpoint.save_atomic(result.best_state, out / "best.pth")  # never a half-written file
     rows = [{"class": d, "correct": c, "total": t, "accuracy": round(c / max(t, 1), 6)}
             for d, (c, t) in enumerate(zip(test.class_correct.tolist(), test.class_total.tolist()))]
     write_table(rows, out / "per_class.csv", out / "per_class.md")

@@ -70,7 +70,6 @@ def predict(args: argparse.Namespace) -> int:
     except ModelSourceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    model = model.cpu().eval() if hasattr(model, "cpu") else model
     results, failures = [], 0
     for name in args.images:
         try:

@@ -51,7 +51,8 @@ def load_model(run: str | None = None, registered: str | None = None,
 
         client_for(uri)  # sets the tracking URI, checked
         try:
-            return mlflow.pytorch.load_model(registered).eval()
+            # an exported (pt2) graph: already in inference form, and it refuses .eval()
+            return mlflow.pytorch.load_model(registered)
         except Exception as err:
             raise ModelSourceError(f"{registered}: cannot load ({err})") from None
     if checkpoint and config:

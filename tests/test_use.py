@@ -108,6 +108,28 @@ def test_predict_classifies_digits_in_both_polarities(trained_run, tmp_path, cap
     assert predicted[0::2] == predicted[1::2]
 
 
+def test_predict_from_a_checkpoint_or_the_registry_agrees_with_the_run(trained_run, tmp_path,
+                                                                       capsys):
+    uri, run, folder = trained_run
+    image = tmp_path / "two.png"
+    render(load_mnist(REAL_DATA, 12000, 0).test_images[1], image, dark_on_light=False)
+    answers = []
+    for source in (["--run", run.info.run_id],
+                   ["--checkpoint", str(folder / "out" / "best.pth"),
+                    "--config", str(folder / "out" / "config.yaml")]):
+        assert main(["predict", str(image), *source, "--uri", uri, "--json"]) == 0
+        answers.append(json.loads(capsys.readouterr().out)[0]["top3"])
+    assert main(["register", "--run", run.info.run_id, "--name", "mnist-predict", "--uri", uri]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(image), "--model", "models:/mnist-predict/1", "--uri", uri,
+                 "--json"]) == 0
+    answers.append(json.loads(capsys.readouterr().out)[0]["top3"])
+    assert answers[0] == answers[1]  # the same state_dict, the same probabilities
+    assert answers[2][0]["digit"] == answers[0][0]["digit"]
+    assert answers[2][0]["probability"] == pytest.approx(answers[0][0]["probability"], abs=1e-4)
+    assert main(["predict", str(image), "--checkpoint", "best.pth"]) == 2  # no --config
+
+
 def test_predict_reports_bad_files_and_still_classifies_the_rest(trained_run, tmp_path, capsys):
     uri, run, _ = trained_run
     good = tmp_path / "seven.png"
