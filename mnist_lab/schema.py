@@ -50,6 +50,7 @@ class CNNConf(ModelConf):
     channels: List[int] = field(default_factory=lambda: [16, 32])
     kernel_size: int = 3
     batch_norm: bool = False
+    pool_first: bool = False  # conv-pool-[BN]-ReLU blocks: BN and ReLU on 1/4 of the activations
     channels_last: bool = True  # NHWC memory layout: faster on CPU, same numbers' meaning
 
 

@@ -29,6 +29,22 @@ def test_cnn_bn_builds_from_yaml_with_batch_norm_and_trains(tiny_data, tmp_path,
     assert job.run(cfg) < 2.3  # below chance-level cross-entropy (ln 10 = 2.30)
 
 
+def test_pool_first_blocks_compute_the_same_function_with_fresh_batch_norm():
+    from mnist_lab.models import CNN
+
+    torch.manual_seed(0)
+    late = CNN(channels=[8, 16], hidden=[32], batch_norm=True).eval()
+    early = CNN(channels=[8, 16], hidden=[32], batch_norm=True, pool_first=True).eval()
+    kinds = [type(m).__name__ for m in early][:4]
+    assert kinds == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
+    weighted = lambda model: [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]  # noqa: E731
+    for a, b in zip(weighted(late), weighted(early)):
+        b.load_state_dict(a.state_dict())
+    x = torch.rand(5, 1, 28, 28)
+    # a fresh BN in eval mode is a per-channel positive scaling, which commutes with max-pool
+    assert torch.allclose(late(x), early(x), atol=1e-5)
+
+
 def test_augmentation_keeps_shape_range_and_identity_at_zero():
     x = to_float(load_mnist(REAL_DATA, 12000, 0).test_images[:64])
     same = random_affine(x, 0.0, 0.0, torch.Generator().manual_seed(0))
