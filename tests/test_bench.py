@@ -35,4 +35,6 @@ def test_quick_benchmark_writes_its_figures(tmp_path):
                 "cnn_epoch", "tracking", "startup", "speedrun"):
         assert key in figures, key
     assert figures["cnn_epoch"]["speedup"] > 1  # the lab's loop beats the per-sample pipeline
+    short = figures["tracking"]["short"]
+    assert short["on_seconds"] > 0 and short["ratio"] == short["on_seconds"] / short["off_seconds"]
     assert "| measurement | result |" in (tmp_path / "bench.md").read_text()

@@ -101,6 +101,18 @@ def test_unreachable_server_fails_fast_before_any_work(tiny_data, tmp_path):
                                 "tracking.uri=just-a-name"]))
 
 
+def test_a_store_that_cannot_open_fails_before_training(tiny_data, tmp_path):
+    # a corrupt SQLite file: one line naming the store, exit status 2, before any training
+    bad = tmp_path / "mlflow.db"
+    bad.write_bytes(b"this is not an SQLite database" * 100)
+    result = run_lab([*tiny_overrides(tiny_data), "tracking=local", f"tracking.uri=sqlite:///{bad}",
+                      f"hydra.run.dir={tmp_path}/o"])
+    assert result.returncode == 2, result.stderr
+    assert f"MLflow store sqlite:///{bad} failed" in result.stderr
+    assert "epoch" not in result.stdout
+    assert bad.read_bytes().startswith(b"this is not")  # left as it was
+
+
 def test_a_failing_run_ends_failed_with_the_error(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
 
