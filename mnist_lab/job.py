@@ -83,7 +83,6 @@ def output_dir() -> Path:
 
 def write_outputs(out: Path, cfg: DictConfig, result, test, data) -> None:
     """Everything a run leaves behind, in its output folder (MLflow logs the folder as is)."""
-    from mnist_lab import plots
     from mnist_lab.tracking import write_table
 
     out.mkdir(parents=True, exist_ok=True)
@@ -93,7 +92,9 @@ def write_outputs(out: Path, cfg: DictConfig, result, test, data) -> None:
             for d, (c, t) in enumerate(zip(test.class_correct.tolist(), test.class_total.tolist()))]
     write_table(rows, out / "per_class.csv", out / "per_class.md")
     (out / "report.txt").write_text(report(test, f"{cfg.model.name} on the test set") + "\n")
-    if cfg.plots:
+    if cfg.plots:  # matplotlib costs ~0.3 s to import, so only when figures are wanted
+        from mnist_lab import plots
+
         plots.write_run_figures(out, cfg.model.name, result.history, result.best_epoch, test,
                             data.test_images, data.test_labels)
 

@@ -45,6 +45,21 @@ def test_pool_first_blocks_compute_the_same_function_with_fresh_batch_norm():
     assert torch.allclose(late(x), early(x), atol=1e-5)
 
 
+def test_pool_first_without_batch_norm_is_the_notebook_cnn_exactly():
+    from mnist_lab.models import CNN
+
+    torch.manual_seed(0)
+    notebook, lab = CNN(dropout=0.0), CNN(dropout=0.0, pool_first=True)
+    lab.load_state_dict(notebook.state_dict())  # the same keys: ReLU and pooling hold no weights
+    x = torch.rand(6, 1, 28, 28)
+    for model in (notebook, lab):
+        model(x).square().sum().backward()
+    assert torch.allclose(notebook(x), lab(x), atol=1e-6)
+    for a, b in zip(notebook.parameters(), lab.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5)
+    assert compose_config(["model=cnn"]).model.pool_first  # what run.py model=cnn builds
+
+
 def test_augmentation_keeps_shape_range_and_identity_at_zero():
     x = to_float(load_mnist(REAL_DATA, 12000, 0).test_images[:64])
     same = random_affine(x, 0.0, 0.0, torch.Generator().manual_seed(0))
