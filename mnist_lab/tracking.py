@@ -20,7 +20,6 @@ from mnist_lab.schema import PROJECT_ROOT
 
 PARENT_ID_FILE = "mlflow_parent_run_id"  # in the sweep folder, written by the sweep callback
 STATUS_FOR = {KeyboardInterrupt: "KILLED", SystemExit: "KILLED"}
-HINT = "set tracking.uri (or MLFLOW_TRACKING_URI) to a reachable store, or use tracking=off"
 
 
 def resolve_uri(tracking: DictConfig) -> str:
@@ -31,9 +30,13 @@ def resolve_uri(tracking: DictConfig) -> str:
     return f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
 
 
-def check_uri(tracking: DictConfig) -> str:
-    """The store's URI, checked in well under a second: its form, and a server's health."""
+def connect(tracking: DictConfig):
+    """A client on a checked store and the experiment's id; raises TrackingError fast."""
+    import mlflow
+    from mlflow import MlflowClient
+
     uri = resolve_uri(tracking)
+    hint = "set tracking.uri (or MLFLOW_TRACKING_URI) to a reachable store, or use tracking=off"
     if uri.startswith(("http://", "https://")):
         import requests
 
@@ -41,41 +44,30 @@ def check_uri(tracking: DictConfig) -> str:
             requests.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
         except requests.RequestException as err:
             raise TrackingError(f"MLflow server {uri} is unreachable ({err.__class__.__name__}); "
-                                f"start it or {HINT}") from None
+                                f"start it or {hint}") from None
     elif uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     elif "://" not in uri and not uri.startswith("databricks"):
         raise TrackingError(f"tracking.uri={uri!r} is not a URI (sqlite:///path.db, "
-                            f"http://host:port, postgresql://...); {HINT}")
-    return uri
-
-
-def open_store(uri: str, experiment_name: str):
-    """A client on the store at `uri` and the experiment's id (created when new)."""
-    import mlflow
-    from mlflow import MlflowClient
-
+                            f"http://host:port, postgresql://...); {hint}")
     mlflow.set_tracking_uri(uri)
     try:
-        client = MlflowClient(uri)  # opens (and on first use creates) the store
-        experiment = client.get_experiment_by_name(experiment_name)
+        client = MlflowClient(uri)  # opens the store: a corrupt file fails here
+        experiment = client.get_experiment_by_name(tracking.experiment)
         if experiment is not None:
             return client, experiment.experiment_id
         location = None
         if uri.startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
             db = Path(uri[len("sqlite:///"):])
-            location = (db.parent / "artifacts" / experiment_name).resolve().as_uri()
+            location = (db.parent / "artifacts" / tracking.experiment).resolve().as_uri()
         try:
-            return client, client.create_experiment(experiment_name, location)
+            return client, client.create_experiment(tracking.experiment, location)
         except mlflow.exceptions.MlflowException:  # another job created it a moment ago
-            return client, client.get_experiment_by_name(experiment_name).experiment_id
+            return client, client.get_experiment_by_name(tracking.experiment).experiment_id
+    except TrackingError:
+        raise
     except Exception as err:
-        raise TrackingError(f"MLflow store {uri} failed: {err}; {HINT}") from None
-
-
-def connect(tracking: DictConfig):
-    """A client on a checked store and the experiment's id; raises TrackingError fast."""
-    return open_store(check_uri(tracking), tracking.experiment)
+        raise TrackingError(f"MLflow store {uri} failed: {err}; {hint}") from None
 
 
 def client_for(uri: str | None, experiment: str = "mnist-lab"):
