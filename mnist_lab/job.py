@@ -120,19 +120,39 @@ def find_resume(cfg: DictConfig) -> dict | None:
 
 
 @contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM (a scheduler's or `kill`'s stop) ends the run like Ctrl-C: at once, KILLED."""
+def stop_signals():
+    """Ctrl-C (SIGINT) and a scheduler's or `kill`'s SIGTERM end the run at once, KILLED.
+
+    The handler raises KeyboardInterrupt, as Python's own does for SIGINT, and also records the
+    signal: Python swallows an exception raised while a `__del__` or a weakref callback runs, so
+    an interrupt that lands there would be lost; the recorded one stops the run at the next epoch
+    end instead (see `honour_stop`). Yields the list the signals are recorded in.
+    """
+    received: list[int] = []
+
     def interrupt(signum, frame):
+        received.append(signum)
         raise KeyboardInterrupt(f"signal {signum}")
 
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def honour_stop(on_epoch, received: list[int]):
+    """`on_epoch`, then a KeyboardInterrupt if a stop signal came and was swallowed."""
+    def after_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        on_epoch(epoch, metrics)
+        if received:
+            raise KeyboardInterrupt(f"signal {received[0]}")
+
+    return after_epoch
 
 
 def run(cfg: DictConfig) -> float:
@@ -140,7 +160,7 @@ def run(cfg: DictConfig) -> float:
     validate(cfg)
     resume_state = find_resume(cfg)
     run_tracker = tracking.open_run(cfg)  # fails fast on a bad store, before any data is read
-    with run_tracker, sigterm_as_interrupt():
+    with run_tracker, stop_signals() as received:
         threads = job_threads(cfg)
         if threads:
             torch.set_num_threads(threads)
@@ -167,7 +187,7 @@ def run(cfg: DictConfig) -> float:
         extra = {"run_id": run_tracker.run_id, "config_key": checkpoint.config_key(cfg),
                  "overrides": " ".join(run_tracker.overrides)}
         result = fit(model, data, optimizer, scheduler, Recipe.from_config(cfg),
-                     on_epoch=run_tracker.log_epoch, checkpoint=last,
+                     on_epoch=honour_stop(run_tracker.log_epoch, received), checkpoint=last,
                      resume_from=resume_state, checkpoint_extra=extra)
 
         model.load_state_dict(result.best_state)

@@ -213,6 +213,39 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     assert "resume=true" in err
 
 
+def test_a_ctrl_c_that_python_swallows_still_stops_the_run_at_the_epoch_end(tiny_data, tmp_path,
+                                                                             monkeypatch):
+    class SignalsInItsFinaliser:
+        def __del__(self):
+            # the handler's KeyboardInterrupt is raised inside __del__, where Python ignores it
+            signal.raise_signal(signal.SIGINT)
+
+    build = job.build_model
+    calls = []
+
+    def build_with_hook(cfg):
+        model = build(cfg)
+
+        def forward_hook(*_):
+            calls.append(1)
+            if len(calls) == 2:  # mid-way through epoch 1
+                SignalsInItsFinaliser()
+
+        model.register_forward_hook(forward_hook)
+        return model
+
+    monkeypatch.setattr(job, "build_model", build_with_hook)
+    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
+    cfg = compose_config([*tracked(tiny_data, tmp_path), "train.epochs=3"])
+    with pytest.raises(KeyboardInterrupt):
+        job.run(cfg)
+    saved = load_safely(checkpoint.folder_for(cfg) / checkpoint.LAST)
+    assert saved["epoch"] == 1  # stopped at the first epoch end, not after all three
+    (run,) = runs_in(store(tmp_path))
+    assert run.info.status == "KILLED"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     root = slow_enough(tmp_path)
     common = [*tiny_overrides(root), "train.epochs=3", "model=cnn", "tracking=off"]
