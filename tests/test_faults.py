@@ -154,9 +154,12 @@ def test_resume_without_a_checkpoint_says_so(tiny_data):
 
 
 def start_lab(args, tmp_path):
+    # Ctrl-C as a terminal's foreground job gets it: the tests may run with SIGINT ignored (a
+    # background job's), which a child inherits and, rightly, keeps
     return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_line(process, text, timeout=120):
@@ -213,11 +216,11 @@ def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     assert "resume=true" in err
 
 
-def test_a_ctrl_c_that_python_swallows_still_stops_the_run_at_the_epoch_end(tiny_data, tmp_path,
-                                                                             monkeypatch):
+def run_with_sigint_mid_epoch_1(tiny_data, tmp_path, monkeypatch, sigint_handler):
+    """job.run for 3 epochs with SIGINT raised inside a `__del__` during epoch 1 (where Python
+    ignores the KeyboardInterrupt it raises); returns the config."""
     class SignalsInItsFinaliser:
         def __del__(self):
-            # the handler's KeyboardInterrupt is raised inside __del__, where Python ignores it
             signal.raise_signal(signal.SIGINT)
 
     build = job.build_model
@@ -228,7 +231,7 @@ def test_a_ctrl_c_that_python_swallows_still_stops_the_run_at_the_epoch_end(tiny
 
         def forward_hook(*_):
             calls.append(1)
-            if len(calls) == 2:  # mid-way through epoch 1
+            if len(calls) == 2:
                 SignalsInItsFinaliser()
 
         model.register_forward_hook(forward_hook)
@@ -237,13 +240,31 @@ def test_a_ctrl_c_that_python_swallows_still_stops_the_run_at_the_epoch_end(tiny
     monkeypatch.setattr(job, "build_model", build_with_hook)
     monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
     cfg = compose_config([*tracked(tiny_data, tmp_path), "train.epochs=3"])
-    with pytest.raises(KeyboardInterrupt):
+    previous = signal.signal(signal.SIGINT, sigint_handler)
+    try:
         job.run(cfg)
+    finally:
+        assert signal.getsignal(signal.SIGINT) is sigint_handler  # the run restored it
+        signal.signal(signal.SIGINT, previous)
+    return cfg
+
+
+def test_a_ctrl_c_that_python_swallows_still_stops_the_run_at_the_epoch_end(tiny_data, tmp_path,
+                                                                             monkeypatch):
+    with pytest.raises(KeyboardInterrupt):
+        run_with_sigint_mid_epoch_1(tiny_data, tmp_path, monkeypatch, signal.default_int_handler)
+    cfg = compose_config([*tracked(tiny_data, tmp_path), "train.epochs=3"])
     saved = load_safely(checkpoint.folder_for(cfg) / checkpoint.LAST)
     assert saved["epoch"] == 1  # stopped at the first epoch end, not after all three
     (run,) = runs_in(store(tmp_path))
     assert run.info.status == "KILLED"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_an_ignored_sigint_stays_ignored(tiny_data, tmp_path, monkeypatch):
+    cfg = run_with_sigint_mid_epoch_1(tiny_data, tmp_path, monkeypatch, signal.SIG_IGN)
+    assert load_safely(checkpoint.folder_for(cfg) / checkpoint.LAST)["epoch"] == 3
+    (run,) = runs_in(store(tmp_path))
+    assert run.info.status == "FINISHED"
 
 
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
