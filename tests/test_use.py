@@ -37,8 +37,10 @@ def test_pool_first_blocks_compute_the_same_function_with_fresh_batch_norm():
     early = CNN(channels=[8, 16], hidden=[32], batch_norm=True, pool_first=True).eval()
     kinds = [type(m).__name__ for m in early][:4]
     assert kinds == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
-    weighted = lambda model: [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]  # noqa: E731
-    for a, b in zip(weighted(late), weighted(early)):
+    # the same weights: only the BN modules' positions (and so their keys) differ
+    weighted = (nn.Conv2d, nn.Linear)
+    for a, b in zip([m for m in late if isinstance(m, weighted)],
+                    [m for m in early if isinstance(m, weighted)]):
         b.load_state_dict(a.state_dict())
     x = torch.rand(5, 1, 28, 28)
     # a fresh BN in eval mode is a per-channel positive scaling, which commutes with max-pool
