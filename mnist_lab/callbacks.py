@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,31 @@ def swept_keys(runs: list) -> list[str]:
     chosen = [dict(o.split("=", 1) for o in r.data.tags.get("hydra.overrides", "").split()
                    if "=" in o) for r in runs]
     varied = sorted({k for o in chosen for k in o if len({c.get(k) for c in chosen}) > 1})
-    return [k if "." in k else f"{k}.name" for k in varied]
+    # `seed` is a param itself; `model` is a group whose choice is logged as `model.name`
+    return [k if "." in k or any(k in r.data.params for r in runs) else f"{k}.name"
+            for k in varied]
+
+
+def seed_spread(runs: list, swept: list[str]) -> list[dict]:
+    """Test accuracy over the seeds of each configuration a sweep ran with several seeds:
+    mean, sample standard deviation and range, so one run's figure can be read against its
+    luck. Empty when the sweep did not vary `seed`."""
+    if "seed" not in swept:
+        return []
+    others = [k for k in swept if k != "seed"]
+    groups: dict[tuple, list[float]] = {}
+    for run in runs:
+        if run.info.status == "FINISHED" and "test/acc" in run.data.metrics:
+            key = tuple(run.data.params.get(k, "") for k in others)
+            groups.setdefault(key, []).append(run.data.metrics["test/acc"])
+    rows = []
+    for key, accuracies in groups.items():
+        spread = statistics.stdev(accuracies) if len(accuracies) > 1 else math.nan
+        rows.append({**dict(zip(others, key)), "seeds": len(accuracies),
+                     "test/acc_mean": round(statistics.fmean(accuracies), 6),
+                     "test/acc_std": round(spread, 6), "test/acc_min": min(accuracies),
+                     "test/acc_max": max(accuracies)})
+    return rows
 
 
 def summarise(client, parent_id: str) -> None:
@@ -102,13 +127,17 @@ def summarise(client, parent_id: str) -> None:
     from mnist_lab.tracking import metric_curve, write_table
 
     runs = children(client, parent_id)
-    rows = summary_rows(runs, swept_keys(runs))
+    swept = swept_keys(runs)
+    rows = summary_rows(runs, swept)
+    spread = seed_spread(runs, swept)
     finished = [r for r in runs if r.info.status == "FINISHED" and
                 math.isfinite(r.data.metrics.get("best/val_loss", math.inf))]
     failed = len(runs) - len(finished)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         write_table(rows, out / "sweep_summary.csv", out / "sweep_summary.md")
+        if spread:
+            write_table(spread, out / "sweep_seed_spread.csv", out / "sweep_seed_spread.md")
         curves = {r.info.run_name: metric_curve(client, r.info.run_id) for r in runs}
         overlay(curves, out / "sweep_val_loss.png", "val/loss", "validation loss per run")
         client.log_artifacts(parent_id, str(out))
@@ -121,5 +150,14 @@ def summarise(client, parent_id: str) -> None:
         client.log_metric(parent_id, "best/val_loss", best.data.metrics["best/val_loss"])
         if "test/acc" in best.data.metrics:
             client.log_metric(parent_id, "best/test_acc", best.data.metrics["test/acc"])
+    if len(spread) == 1:  # one configuration over seeds: its spread belongs on the parent
+        for key, value in spread[0].items():
+            if key.startswith("test/acc_") and math.isfinite(value):
+                client.log_metric(parent_id, key, value)
     print(f"sweep summary: {len(runs)} runs, {failed} failed"
           + (f", best {best.info.run_name} ({best.info.run_id})" if finished else ""))
+    for row in spread:
+        where = ", ".join(f"{k}={row[k]}" for k in swept if k in row)
+        print(f"test/acc over {row['seeds']} seeds{' (' + where + ')' if where else ''}: "
+              f"mean {row['test/acc_mean']:.2%}, std {row['test/acc_std']:.2%}, "
+              f"range {row['test/acc_min']:.2%}-{row['test/acc_max']:.2%}")

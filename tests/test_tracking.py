@@ -1,7 +1,10 @@
+import csv
 import socket
+import statistics
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import mlflow
 import pytest
@@ -11,6 +14,7 @@ from mlflow import MlflowClient
 
 from conftest import compose_config, run_lab, tiny_overrides
 from mnist_lab import job
+from mnist_lab.callbacks import seed_spread, swept_keys
 from mnist_lab.data import load_mnist
 from mnist_lab.evaluate import evaluate
 from mnist_lab.tracking import TrackingError
@@ -160,6 +164,51 @@ def test_a_sweep_nests_its_runs_under_one_parent_with_a_summary(tiny_data, tmp_p
     assert rows[0].split()[1] == children[accuracies.index(max(accuracies))].data.params["model.name"]
     assert (tmp_path / "cmp" / "compare.csv").is_file()
     assert (tmp_path / "cmp" / "compare_val_loss.png").is_file()
+
+
+def test_a_seed_sweep_puts_the_spread_of_test_accuracy_on_its_parent(tiny_data, tmp_path):
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    # the experiment sweeps both models over ten seeds; the command line narrows both lists
+    result = run_lab(["experiment=seeds", "model=cnn", "seed=0,1,2",
+                      *store_overrides(tiny_data, tmp_path), "data.val_size=300",
+                      "train.epochs=1", f"hydra.sweep.dir={tmp_path}/sweep"])
+    assert result.returncode == 0, result.stderr
+    client, runs = only_run(uri)
+    parent = next(r for r in runs if r.data.tags.get("sweep") == "true")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert sorted(c.data.params["seed"] for c in children) == ["0", "1", "2"]
+    assert {c.data.params["model.name"] for c in children} == {"cnn"}
+    accuracies = [c.data.metrics["test/acc"] for c in children]
+    assert parent.data.metrics["test/acc_mean"] == pytest.approx(statistics.fmean(accuracies))
+    assert parent.data.metrics["test/acc_std"] == pytest.approx(statistics.stdev(accuracies),
+                                                                abs=1e-6)
+    assert parent.data.metrics["test/acc_min"] == min(accuracies)
+    assert parent.data.metrics["test/acc_max"] == max(accuracies)
+    assert "test/acc over 3 seeds: mean" in result.stdout
+    summary = client.download_artifacts(parent.info.run_id, "sweep_summary.csv", str(tmp_path))
+    rows = list(csv.DictReader(open(summary)))
+    assert sorted(row["seed"] for row in rows) == ["0", "1", "2"]
+    spread = client.download_artifacts(parent.info.run_id, "sweep_seed_spread.csv",
+                                       str(tmp_path))
+    (row,) = csv.DictReader(open(spread))
+    assert row["seeds"] == "3"
+
+
+def test_seed_spread_is_grouped_by_the_other_swept_keys():
+    def run(model, seed, acc):
+        data = SimpleNamespace(params={"model.name": model, "seed": str(seed)},
+                               metrics={"test/acc": acc},
+                               tags={"hydra.overrides": f"model={model} seed={seed}"})
+        return SimpleNamespace(info=SimpleNamespace(status="FINISHED"), data=data)
+
+    runs = [run("ffnn", 0, 0.97), run("ffnn", 1, 0.98), run("cnn", 0, 0.99), run("cnn", 1, 0.995)]
+    swept = swept_keys(runs)
+    assert swept == ["model.name", "seed"]
+    rows = {row["model.name"]: row for row in seed_spread(runs, swept)}
+    assert rows["ffnn"]["test/acc_mean"] == pytest.approx(0.975)
+    assert rows["cnn"]["test/acc_std"] == pytest.approx(statistics.stdev([0.99, 0.995]), abs=1e-6)
+    assert rows["cnn"]["seeds"] == 2
+    assert seed_spread(runs[:1] + runs[2:3], ["model.name"]) == []
 
 
 @pytest.fixture
