@@ -99,16 +99,16 @@ def swept_keys(runs: list) -> list[str]:
             for k in varied]
 
 
-def seed_spread(runs: list, swept: list[str]) -> list[dict]:
+def seed_spread(finished: list, swept: list[str]) -> list[dict]:
     """Test accuracy over the seeds of each configuration a sweep ran with several seeds:
     mean, sample standard deviation and range, so one run's figure can be read against its
-    luck. Empty when the sweep did not vary `seed`."""
+    luck. `finished`: the sweep's finished runs. Empty when the sweep did not vary `seed`."""
     if "seed" not in swept:
         return []
     others = [k for k in swept if k != "seed"]
     groups: dict[tuple, list[float]] = {}
-    for run in runs:
-        if run.info.status == "FINISHED" and "test/acc" in run.data.metrics:
+    for run in finished:
+        if "test/acc" in run.data.metrics:
             key = tuple(run.data.params.get(k, "") for k in others)
             groups.setdefault(key, []).append(run.data.metrics["test/acc"])
     rows = []
@@ -129,9 +129,9 @@ def summarise(client, parent_id: str) -> None:
     runs = children(client, parent_id)
     swept = swept_keys(runs)
     rows = summary_rows(runs, swept)
-    spread = seed_spread(runs, swept)
     finished = [r for r in runs if r.info.status == "FINISHED" and
                 math.isfinite(r.data.metrics.get("best/val_loss", math.inf))]
+    spread = seed_spread(finished, swept)
     failed = len(runs) - len(finished)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
@@ -158,6 +158,9 @@ def summarise(client, parent_id: str) -> None:
           + (f", best {best.info.run_name} ({best.info.run_id})" if finished else ""))
     for row in spread:
         where = ", ".join(f"{k}={row[k]}" for k in swept if k in row)
-        print(f"test/acc over {row['seeds']} seeds{' (' + where + ')' if where else ''}: "
-              f"mean {row['test/acc_mean']:.2%}, std {row['test/acc_std']:.2%}, "
-              f"range {row['test/acc_min']:.2%}-{row['test/acc_max']:.2%}")
+        std = row["test/acc_std"]  # NaN when only one seed of this configuration finished
+        seeds = f"{row['seeds']} seed" + ("s" if row["seeds"] > 1 else "")
+        print(f"test/acc over {seeds}{' (' + where + ')' if where else ''}: "
+              f"mean {row['test/acc_mean']:.2%}"
+              + (f", std {std:.2%}" if math.isfinite(std) else "")
+              + f", range {row['test/acc_min']:.2%}-{row['test/acc_max']:.2%}")

@@ -1,4 +1,5 @@
 import csv
+import math
 import socket
 import statistics
 import subprocess
@@ -209,6 +210,8 @@ def test_seed_spread_is_grouped_by_the_other_swept_keys():
     assert rows["cnn"]["test/acc_std"] == pytest.approx(statistics.stdev([0.99, 0.995]), abs=1e-6)
     assert rows["cnn"]["seeds"] == 2
     assert seed_spread(runs[:1] + runs[2:3], ["model.name"]) == []
+    (single,) = seed_spread(runs[:1], ["seed"])  # one finished seed: no spread to speak of
+    assert single["seeds"] == 1 and math.isnan(single["test/acc_std"])
 
 
 @pytest.fixture
