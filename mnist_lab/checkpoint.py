@@ -1,4 +1,4 @@
-"""Per-epoch checkpoints, written atomically, and the resume lookup.
+"""The training state, saved after every epoch atomically, and loaded safely to resume.
 
 A run's checkpoint folder holds `last.ckpt` (everything needed to continue: model, optimizer,
 scheduler, RNG states, epoch, best-so-far state, metric history, MLflow run id). Each write goes
@@ -8,45 +8,84 @@ leaves the previous complete checkpoint. Every load uses `weights_only=True`.
 
 from __future__ import annotations
 
-import hashlib
+import math
 import os
 import pickle
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from torch import nn
 
 from mnist_lab.errors import CheckpointError
+from mnist_lab.identity import config_key
 
 LAST = "last.ckpt"
-# Keys that don't change what a run computes, so they don't change which checkpoint it resumes.
-NOT_IDENTITY = ("resume", "tracking", "train.progress", "checkpoint", "launcher", "threads",
-                "eval")
-
-
-def config_key(cfg: DictConfig) -> str:
-    """A short hash of what the run computes: same config (and seed) -> same checkpoint folder."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in NOT_IDENTITY:
-        node = container
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.get(key, {})
-        node.pop(leaf, None)
-    return hashlib.sha256(repr(sorted(_flat(container))).encode()).hexdigest()[:16]
-
-
-def _flat(node, prefix=""):
-    for key, value in node.items():
-        if isinstance(value, dict):
-            yield from _flat(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", repr(value)
+IDENTITY_KEYS = ("run_id", "config_key", "overrides")  # which run a checkpoint belongs to
 
 
 def folder_for(cfg: DictConfig) -> Path:
     return Path(cfg.checkpoint.dir) / f"{cfg.model.name}-{config_key(cfg)}"
+
+
+@dataclass
+class TrainingState:
+    """Everything training needs to continue where it stopped; `last.ckpt` holds it by name.
+
+    `fit` advances it one epoch at a time and hands it to the epoch callbacks; `save` and
+    `restore` are the only writer and reader of the checkpoint format.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a torch LR scheduler, or None
+    generator: torch.Generator  # batch order and augmentation draws
+    epoch: int = 0  # last completed epoch, 1-based
+    history: dict[str, list[float]] = field(default_factory=dict)  # metric -> one value per epoch
+    best_epoch: int = 0  # lowest val/loss so far (ties: the later epoch)
+    best_val_loss: float = math.inf
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)  # the model at best_epoch
+    identity: dict[str, str] = field(default_factory=dict)  # run_id, config_key, overrides
+
+    @classmethod
+    def fresh(cls, model: nn.Module, optimizer, scheduler, seed: int) -> "TrainingState":
+        return cls(model, optimizer, scheduler, torch.Generator().manual_seed(seed))
+
+    def save(self, path: Path) -> None:
+        rng = {"torch": torch.get_rng_state(), "shuffle": self.generator.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        save_atomic({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict() if self.scheduler else {},
+                     "rng": rng, "epoch": self.epoch, "history": self.history,
+                     "best_epoch": self.best_epoch, "best_val_loss": self.best_val_loss,
+                     "best_state": self.best_state, **self.identity}, path)
+
+    def restore(self, saved: dict) -> None:
+        """Continue from a loaded `last.ckpt` (see `load_safely`), every RNG included."""
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        self.generator.set_state(saved["rng"]["shuffle"])
+        if "cuda" in saved["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        self.epoch, self.history = saved["epoch"], saved["history"]
+        self.best_epoch, self.best_val_loss = saved["best_epoch"], saved["best_val_loss"]
+        self.best_state = saved["best_state"]
+        self.identity = {key: saved[key] for key in IDENTITY_KEYS if key in saved}
+
+
+def save_every_epoch(path: Path):
+    """The epoch callback that keeps `path` at the latest complete epoch."""
+    def save(state: TrainingState, metrics: dict[str, float]) -> None:
+        state.save(path)
+
+    return save
 
 
 def save_atomic(state: dict, path: Path) -> None:
@@ -75,17 +114,3 @@ def load_safely(path: Path, map_location="cpu") -> dict:
                               f"({first}). Only files of tensors and plain values load; a file "
                               "that needs arbitrary pickled objects may run code, so it is "
                               "never unpickled") from None
-
-
-def rng_state(generator: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "shuffle": generator.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict, generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["shuffle"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -10,6 +10,7 @@ from torch import nn
 
 from mnist_lab.augment import tta_logits
 from mnist_lab.data import batches
+from mnist_lab.schema import EvalConf
 
 
 @dataclass
@@ -35,7 +36,7 @@ class EvalResult:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-             batch_size: int = 1000, num_classes: int = 10, tta: bool = False) -> EvalResult:
+             batch_size: int = EvalConf.batch_size, num_classes: int = 10, tta: bool = False) -> EvalResult:
     """One pass in eval mode; `tta` averages the softmax over one-pixel shifts of each image."""
     was_training = model.training
     model.eval()

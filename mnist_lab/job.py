@@ -15,11 +15,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import checkpoint, tracking
+from mnist_lab.checkpoint import TrainingState, save_every_epoch
 from mnist_lab.data import load_mnist
 from mnist_lab.evaluate import evaluate, report
-from mnist_lab.models import count_parameters
+from mnist_lab.identity import config_key
+from mnist_lab.models import build_model, count_parameters, without_name
 from mnist_lab.schema import ConfigError, validate
-from mnist_lab.train import Recipe, fit
+from mnist_lab.train import Recipe, fit, print_epoch
 
 
 def pick_device(name: str) -> torch.device:
@@ -50,18 +52,6 @@ def seed_everything(seed: int, deterministic: bool, device: torch.device) -> Non
         torch.backends.cudnn.benchmark = False
 
 
-def without_name(node: DictConfig) -> DictConfig:
-    """A group node minus its `name` label, ready for `instantiate`."""
-    return OmegaConf.create({k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
-                             if k != "name"})
-
-
-def build_model(cfg: DictConfig) -> torch.nn.Module:
-    model = instantiate(cfg.model, dropout=cfg.dropout.p, _convert_="all")
-    instantiate(without_name(cfg.init))(model)
-    return model
-
-
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module, steps_per_epoch: int):
     optimizer = instantiate(without_name(cfg.optim), _convert_="all")(model.parameters())
     sched = without_name(cfg.sched)
@@ -81,13 +71,13 @@ def output_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="mnist-lab-"))
 
 
-def write_outputs(out: Path, cfg: DictConfig, result, test, data) -> None:
+def write_outputs(out: Path, cfg: DictConfig, state: TrainingState, test, data) -> None:
     """Everything a run leaves behind, in its output folder (MLflow logs the folder as is)."""
     from mnist_lab.tracking import write_table
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    checkpoint.save_atomic(result.best_state, out / "best.pth")  # never a half-written file
+    checkpoint.save_atomic(state.best_state, out / "best.pth")  # never a half-written file
     rows = [{"class": d, "correct": c, "total": t, "accuracy": round(c / max(t, 1), 6)}
             for d, (c, t) in enumerate(zip(test.class_correct.tolist(), test.class_total.tolist()))]
     write_table(rows, out / "per_class.csv", out / "per_class.md")
@@ -95,7 +85,7 @@ def write_outputs(out: Path, cfg: DictConfig, result, test, data) -> None:
     if cfg.plots:  # matplotlib costs ~0.3 s to import, so only when figures are wanted
         from mnist_lab import plots
 
-        plots.write_run_figures(out, cfg.model.name, result.history, result.best_epoch, test,
+        plots.write_run_figures(out, cfg.model.name, state.history, state.best_epoch, test,
                             data.test_images, data.test_labels)
 
 
@@ -111,7 +101,7 @@ def find_resume(cfg: DictConfig) -> dict | None:
     else:
         path = tracking.checkpoint_of(cfg, str(cfg.resume))
     state = checkpoint.load_safely(path)
-    if state.get("config_key") != checkpoint.config_key(cfg):
+    if state.get("config_key") != config_key(cfg):
         raise ConfigError(f"resume={cfg.resume}: the checkpoint {path} was made with another "
                           f"config ({state.get('overrides') or 'no overrides'}); pass the same "
                           "overrides to continue it")
@@ -147,14 +137,13 @@ def stop_signals():
             signal.signal(signum, handler)
 
 
-def honour_stop(on_epoch, received: list[int]):
-    """`on_epoch`, then a KeyboardInterrupt if a stop signal came and was swallowed."""
-    def after_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        on_epoch(epoch, metrics)
+def stop_check(received: list[int]):
+    """The epoch callback that stops the run if a stop signal came and was swallowed."""
+    def check(state: TrainingState, metrics: dict[str, float]) -> None:
         if received:
             raise KeyboardInterrupt(f"signal {received[0]}")
 
-    return after_epoch
+    return check
 
 
 def run(cfg: DictConfig) -> float:
@@ -176,28 +165,32 @@ def run(cfg: DictConfig) -> float:
                           cfg.data.download, cfg.data.verify).to(device)
         model = build_model(cfg).to(device)
         steps_per_epoch = -(-len(data.train_images) // cfg.train.batch_size)
-        optimizer, scheduler = build_optimizer(cfg, model, steps_per_epoch)
+        state = TrainingState.fresh(model, *build_optimizer(cfg, model, steps_per_epoch), cfg.seed)
+        if resume_state:
+            state.restore(resume_state)
         last = checkpoint.folder_for(cfg) / checkpoint.LAST if cfg.checkpoint.enabled else None
         run_tracker.start(model=model, data=data, device=device, checkpoint=last,
-                          resume_run_id=resume_state.get("run_id") if resume_state else None)
+                          resume_run_id=state.identity.get("run_id"))
         if resume_state:
-            run_tracker.catch_up(resume_state["history"])
+            run_tracker.catch_up(state.history)
         print(f"{cfg.model.name}: {count_parameters(model):,} parameters, "
               f"{len(data.train_images):,} train / {len(data.val_images):,} val / "
               f"{len(data.test_images):,} test images, device {device}", flush=True)
 
-        extra = {"run_id": run_tracker.run_id, "config_key": checkpoint.config_key(cfg),
-                 "overrides": " ".join(run_tracker.overrides)}
-        result = fit(model, data, optimizer, scheduler, Recipe.from_config(cfg),
-                     on_epoch=honour_stop(run_tracker.log_epoch, received), checkpoint=last,
-                     resume_from=resume_state, checkpoint_extra=extra)
+        state.identity = {"run_id": run_tracker.run_id, "config_key": config_key(cfg),
+                          "overrides": " ".join(run_tracker.overrides)}
+        # after each epoch, in this order: a kill between two steps loses nothing that resume
+        # (which catches the store up from the checkpoint) cannot restore
+        callbacks = [save_every_epoch(last)] if last else []
+        callbacks += [run_tracker.log_epoch, print_epoch(cfg.train.epochs), stop_check(received)]
+        fit(state, data, Recipe.from_config(cfg), callbacks)
 
-        model.load_state_dict(result.best_state)
+        model.load_state_dict(state.best_state)
         test = evaluate(model, data.test_images, data.test_labels, cfg.eval.batch_size,
                         tta=cfg.eval.tta)
-        print(f"best epoch {result.best_epoch} (val/loss {result.best_val_loss:.4f})")
+        print(f"best epoch {state.best_epoch} (val/loss {state.best_val_loss:.4f})")
         print(report(test, f"{cfg.model.name} on the test set"), flush=True)
         out = output_dir()
-        write_outputs(out, cfg, result, test, data)
-        run_tracker.finish(model, result, test, out)
-    return result.best_val_loss
+        write_outputs(out, cfg, state, test, data)
+        run_tracker.finish(model, state, test, out)
+    return state.best_val_loss

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 
@@ -77,3 +78,18 @@ class CNN(nn.Sequential):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def without_name(node: DictConfig) -> DictConfig:
+    """A group node minus its `name` label, ready for `instantiate`."""
+    return OmegaConf.create({k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
+                             if k != "name"})
+
+
+def build_model(cfg: DictConfig) -> nn.Module:
+    """The configured network, its weights drawn by the configured init."""
+    from hydra.utils import instantiate
+
+    model = instantiate(cfg.model, dropout=cfg.dropout.p, _convert_="all")
+    instantiate(without_name(cfg.init))(model)
+    return model

@@ -22,7 +22,7 @@ class ModelSourceError(RuntimeError):
 def model_from_files(config_path: Path, state_path: Path) -> tuple[torch.nn.Module, DictConfig]:
     """The model that a logged config.yaml builds, with best.pth loaded (weights_only)."""
     from mnist_lab.checkpoint import load_safely
-    from mnist_lab.job import build_model
+    from mnist_lab.models import build_model
 
     cfg = load_logged_config(config_path)
     model = build_model(cfg)

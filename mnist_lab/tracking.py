@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab.errors import ConfigError, TrackingError
+from mnist_lab.identity import flatten, identifies_run
 from mnist_lab.schema import PROJECT_ROOT
 
 PARENT_ID_FILE = "mlflow_parent_run_id"  # in the sweep folder, written by the sweep callback
@@ -87,21 +88,6 @@ def load_logged_config(path) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(LabConfig), OmegaConf.load(path))
 
 
-def flatten(cfg: DictConfig) -> dict[str, str]:
-    """The resolved config as `a.b.c` -> value strings, the form MLflow params take."""
-    flat: dict[str, str] = {}
-
-    def walk(node, prefix: str) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            else:
-                flat[f"{prefix}{key}"] = str(value)
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return flat
-
-
 def hydra_context() -> tuple[list[str], str | None]:
     """(task overrides, parent run id) of the current Hydra job, if any."""
     from hydra.core.hydra_config import HydraConfig
@@ -119,10 +105,10 @@ def hydra_context() -> tuple[list[str], str | None]:
 def run_name(cfg: DictConfig, overrides: list[str]) -> str:
     """`cnn-adam-lr0.001-p0.2`, then any other override, so runs read apart in the UI."""
     name = f"{cfg.model.name}-{cfg.optim.name}-lr{cfg.optim.lr:g}-p{cfg.dropout.p:g}"
-    covered = ("model=", "optim=", "optim.lr=", "dropout=", "dropout.p=", "experiment=",
-               "tracking", "hydra.", "data.root=", "train.progress=", "checkpoint.", "launcher",
-               "resume=", "threads=")
-    extra = [o.lstrip("+~") for o in overrides if not o.lstrip("+~").startswith(covered)]
+    covered = ("model", "optim", "optim.lr", "dropout", "dropout.p", "experiment", "data.root")
+    keys = [o.lstrip("+~") for o in overrides]
+    extra = [o for o in keys if not o.startswith("hydra.")
+             and o.split("=", 1)[0] not in covered and identifies_run(o.split("=", 1)[0])]
     return "-".join([name, *extra])
 
 
@@ -146,8 +132,8 @@ class NoTracking:
     def catch_up(self, history: dict[str, list[float]]) -> None:
         pass
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        pass
+    def log_epoch(self, state, metrics: dict[str, float]) -> None:
+        """Epoch callback (see train.fit)."""
 
     def finish(self, *_, **__) -> None:
         pass
@@ -177,7 +163,7 @@ class MlflowRun(NoTracking):
                                      run_name=run_name(self.cfg, self.overrides))
         self.run_id = run.info.run_id
         params = flatten(self.cfg)
-        params.pop("resume", None)  # a resumed run keeps its params; this one differs
+        params.pop("resume")  # a resumed run keeps its params; this one differs
         params["model.parameters"] = str(count_parameters(model))
         params["data.train_size"] = str(len(data.train_images))
         items = [Param(k, v) for k, v in params.items()]
@@ -203,8 +189,8 @@ class MlflowRun(NoTracking):
             if epoch not in logged:
                 self.log_metrics({k: v[epoch - 1] for k, v in history.items()}, step=epoch)
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.log_metrics(metrics, step=epoch)
+    def log_epoch(self, state, metrics: dict[str, float]) -> None:
+        self.log_metrics(metrics, step=state.epoch)
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         import time
@@ -215,11 +201,11 @@ class MlflowRun(NoTracking):
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step)
                                                     for k, v in metrics.items()])
 
-    def finish(self, model, result, test, out: Path) -> None:
+    def finish(self, model, state, test, out: Path) -> None:
         import mlflow
 
         metrics = {"test/loss": test.loss, "test/acc": test.accuracy,
-                   "best_epoch": result.best_epoch, "best/val_loss": result.best_val_loss}
+                   "best_epoch": state.best_epoch, "best/val_loss": state.best_val_loss}
         metrics.update({f"test/acc_class_{d}": a for d, a in enumerate(test.class_accuracy.tolist())})
         self.log_metrics(metrics)
         self.client.log_artifacts(self.run_id, str(out))

@@ -6,17 +6,17 @@ import copy
 import math
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from mnist_lab.augment import random_affine
-from mnist_lab.checkpoint import restore_rng, rng_state, save_atomic
+from mnist_lab.checkpoint import TrainingState
 from mnist_lab.data import MNIST, batches
 from mnist_lab.evaluate import evaluate
+from mnist_lab.schema import EvalConf
 
 
 class DivergedError(RuntimeError):
@@ -25,13 +25,12 @@ class DivergedError(RuntimeError):
 
 @dataclass
 class Recipe:
-    """How to train, from `train.*`, `data.augment*` and `sched.interval`."""
+    """How to train, from `train.*`, `data.augment*`, `sched.interval` and `eval.batch_size`."""
 
     epochs: int
     batch_size: int
-    seed: int = 0
     sched_interval: str = "epoch"  # scheduler.step() after each "epoch" or each "step"
-    eval_batch_size: int = 1000
+    eval_batch_size: int = EvalConf.batch_size
     label_smoothing: float = 0.0
     augment: tuple[float, float] | None = None  # (max rotation degrees, max shift pixels)
     progress: str = "off"
@@ -39,19 +38,10 @@ class Recipe:
     @classmethod
     def from_config(cls, cfg) -> "Recipe":
         augment = (cfg.data.rotate_degrees, cfg.data.shift_pixels) if cfg.data.augment else None
-        return cls(epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, seed=cfg.seed,
+        return cls(epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
                    sched_interval=cfg.sched.interval, eval_batch_size=cfg.eval.batch_size,
                    label_smoothing=cfg.train.label_smoothing, augment=augment,
                    progress=cfg.train.progress)
-
-
-@dataclass
-class FitResult:
-    history: dict[str, list[float]] = field(default_factory=dict)
-    best_epoch: int = 0  # 1-based
-    best_val_loss: float = math.inf
-    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
-    epoch: int = 0  # last completed epoch
 
 
 def show_progress(mode: str) -> bool:
@@ -94,33 +84,25 @@ def train_epoch(model: nn.Module, data: MNIST, optimizer: torch.optim.Optimizer,
     return loss_sum.item() / len(data.train_images)
 
 
-def fit(model: nn.Module, data: MNIST, optimizer: torch.optim.Optimizer, scheduler,
-        recipe: Recipe, on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-        checkpoint: Path | None = None, resume_from: dict | None = None,
-        checkpoint_extra: dict | None = None) -> FitResult:
-    """Train to `recipe.epochs`, keep the state with the lowest validation loss (ties: the later epoch).
+EpochCallback = Callable[[TrainingState, dict[str, float]], None]
 
-    After each epoch the full training state goes to `checkpoint` (atomically), then
-    `on_epoch(epoch, metrics)` sees `train/loss`, `val/loss`, `val/acc`, `lr`, `epoch_seconds`
-    and `samples_per_second`. `resume_from` (a loaded checkpoint) continues after its epoch,
-    with every RNG restored, so the result is the one an uninterrupted run gives.
+
+def fit(state: TrainingState, data: MNIST, recipe: Recipe,
+        callbacks: Sequence[EpochCallback] = ()) -> TrainingState:
+    """Train from `state.epoch` to `recipe.epochs`, keeping the state with the lowest validation
+    loss (ties: the later epoch).
+
+    After each epoch every callback, in order, sees the state and the epoch's `train/loss`,
+    `val/loss`, `val/acc`, `lr`, `epoch_seconds` and `samples_per_second`: the job's callbacks
+    checkpoint, log to MLflow, print the epoch's line, honour stop signals and report to a
+    pruner. A callback stops
+    training by raising. A restored state continues as an uninterrupted run would.
     """
-    generator = torch.Generator().manual_seed(recipe.seed)
-    result = FitResult()
-    if resume_from is not None:
-        model.load_state_dict(resume_from["model"])
-        optimizer.load_state_dict(resume_from["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(resume_from["scheduler"])
-        restore_rng(resume_from["rng"], generator)
-        result = FitResult(history=resume_from["history"], best_epoch=resume_from["best_epoch"],
-                           best_val_loss=resume_from["best_val_loss"],
-                           best_state=resume_from["best_state"], epoch=resume_from["epoch"])
-    epochs = recipe.epochs
-    for epoch in range(result.epoch + 1, epochs + 1):
+    model, optimizer, scheduler = state.model, state.optimizer, state.scheduler
+    for epoch in range(state.epoch + 1, recipe.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
-        train_loss = train_epoch(model, data, optimizer, scheduler, recipe, generator, epoch)
+        train_loss = train_epoch(model, data, optimizer, scheduler, recipe, state.generator, epoch)
         seconds = time.perf_counter() - start
         if scheduler is not None and recipe.sched_interval == "epoch":
             scheduler.step()
@@ -129,21 +111,22 @@ def fit(model: nn.Module, data: MNIST, optimizer: torch.optim.Optimizer, schedul
                    "lr": lr, "epoch_seconds": seconds,
                    "samples_per_second": len(data.train_images) / seconds}
         for key, value in metrics.items():
-            result.history.setdefault(key, []).append(value)
-        if val.loss <= result.best_val_loss:
-            result.best_val_loss, result.best_epoch = val.loss, epoch
-            result.best_state = copy.deepcopy(model.state_dict())
-        result.epoch = epoch
-        if checkpoint is not None:
-            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                         "rng": rng_state(generator), "epoch": epoch, "history": result.history,
-                         "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-                         "best_state": result.best_state, **(checkpoint_extra or {})},
-                        checkpoint)
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
-        marker = " *" if result.best_epoch == epoch else ""
-        print(f"epoch {epoch:>3}/{epochs}  train/loss {train_loss:.4f}  val/loss {val.loss:.4f}  "
-              f"val/acc {val.accuracy:.4f}  {seconds:.1f}s{marker}", flush=True)
-    return result
+            state.history.setdefault(key, []).append(value)
+        if val.loss <= state.best_val_loss:
+            state.best_val_loss, state.best_epoch = val.loss, epoch
+            state.best_state = copy.deepcopy(model.state_dict())
+        state.epoch = epoch
+        for callback in callbacks:
+            callback(state, metrics)
+    return state
+
+
+def print_epoch(epochs: int) -> EpochCallback:
+    """The epoch callback that prints one line per epoch; `*` marks a new best val/loss."""
+    def show(state: TrainingState, metrics: dict[str, float]) -> None:
+        marker = " *" if state.best_epoch == state.epoch else ""
+        print(f"epoch {state.epoch:>3}/{epochs}  train/loss {metrics['train/loss']:.4f}  "
+              f"val/loss {metrics['val/loss']:.4f}  val/acc {metrics['val/acc']:.4f}  "
+              f"{metrics['epoch_seconds']:.1f}s{marker}", flush=True)
+
+    return show

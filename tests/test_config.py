@@ -4,7 +4,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from conftest import ROOT, compose_config, run_lab, tiny_overrides
-from mnist_lab.job import build_model, build_optimizer
+from mnist_lab.job import build_optimizer
+from mnist_lab.models import build_model
 from mnist_lab.schema import ConfigError, validate
 
 GROUPS = {

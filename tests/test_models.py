@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from conftest import compose_config
-from mnist_lab.job import build_model
+from mnist_lab.models import build_model
 from mnist_lab.models import CNN, FFNN, count_parameters
 
 

@@ -7,6 +7,7 @@ from conftest import compose_config, run_lab, tiny_overrides
 from mnist_lab import job
 from mnist_lab.data import load_mnist
 from mnist_lab.evaluate import evaluate
+from mnist_lab.checkpoint import TrainingState, load_safely, save_every_epoch
 from mnist_lab.train import Recipe, fit
 
 
@@ -17,7 +18,8 @@ def test_training_on_fixture_data_lowers_the_loss_and_learns(tiny_data):
     model = job.build_model(cfg)
     optimizer, scheduler = job.build_optimizer(cfg, model, 16)
     before = evaluate(model, data.val_images, data.val_labels)
-    result = fit(model, data, optimizer, scheduler, Recipe(epochs=4, batch_size=32))
+    result = fit(TrainingState.fresh(model, optimizer, scheduler, 0), data,
+                 Recipe(epochs=4, batch_size=32))
     history = result.history
     assert history["train/loss"][-1] < history["train/loss"][0]
     assert min(history["val/loss"]) < before.loss
@@ -40,8 +42,55 @@ def test_validation_ties_go_to_the_later_epoch(tiny_data, monkeypatch):
     optimizer, _ = job.build_optimizer(cfg, model, 16)
     fixed = evaluate(model, data.val_images, data.val_labels)
     monkeypatch.setattr("mnist_lab.train.evaluate", lambda *a, **k: fixed)
-    result = fit(model, data, optimizer, None, Recipe(epochs=3, batch_size=64))
+    result = fit(TrainingState.fresh(model, optimizer, None, 0), data,
+                 Recipe(epochs=3, batch_size=64))
     assert result.best_epoch == 3
+
+
+def fresh_state(cfg, seed: int = 0) -> TrainingState:
+    torch.manual_seed(seed)
+    model = job.build_model(cfg)
+    return TrainingState.fresh(model, *job.build_optimizer(cfg, model, 16), seed)
+
+
+def test_epoch_callbacks_see_every_epoch_in_order_and_can_stop_training(tiny_data):
+    cfg = compose_config(tiny_overrides(tiny_data))
+    data = load_mnist(tiny_data, 100, 0, verify=False)
+    seen = []
+
+    def record(state, metrics):
+        seen.append(("record", state.epoch, metrics["val/loss"]))
+
+    def stop_after_two(state, metrics):
+        seen.append(("stop", state.epoch))
+        if state.epoch == 2:
+            raise KeyboardInterrupt
+
+    state = fresh_state(cfg)
+    with pytest.raises(KeyboardInterrupt):
+        fit(state, data, Recipe(epochs=5, batch_size=32), [record, stop_after_two])
+    assert [s[:2] for s in seen] == [("record", 1), ("stop", 1), ("record", 2), ("stop", 2)]
+    assert state.epoch == 2 and [s[2] for s in seen[::2]] == state.history["val/loss"]
+
+
+def test_a_saved_state_continues_as_the_uninterrupted_run(tiny_data, tmp_path):
+    """What resume relies on: save after epoch 2, restore into a new state, train on."""
+    cfg = compose_config([*tiny_overrides(tiny_data), "model=cnn", "data.augment=true"])
+    data = load_mnist(tiny_data, 100, 0, verify=False)
+    recipe = Recipe.from_config(cfg)
+    recipe.epochs = 3
+    whole = fit(fresh_state(cfg), data, recipe)
+    recipe.epochs = 2
+    fit(fresh_state(cfg), data, recipe, [save_every_epoch(tmp_path / "last.ckpt")])
+    recipe.epochs = 3
+    continued = fresh_state(cfg, seed=1)  # other weights and RNG: all replaced by the restore
+    continued.restore(load_safely(tmp_path / "last.ckpt"))
+    assert continued.epoch == 2
+    fit(continued, data, recipe)
+    assert continued.history["val/loss"] == whole.history["val/loss"]
+    assert continued.best_epoch == whole.best_epoch
+    for key, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, continued.model.state_dict()[key]), key
 
 
 def test_step_and_epoch_schedulers_change_the_lr(tiny_data):
@@ -55,7 +104,8 @@ def test_step_and_epoch_schedulers_change_the_lr(tiny_data):
         data = load_mnist(tiny_data, 100, 0, verify=False)
         model = job.build_model(cfg)
         optimizer, scheduler = job.build_optimizer(cfg, model, math.ceil(500 / 32))
-        result = fit(model, data, optimizer, scheduler, Recipe.from_config(cfg))
+        result = fit(TrainingState.fresh(model, optimizer, scheduler, 0), data,
+                     Recipe.from_config(cfg))
         assert check(result.history["lr"]), (sched, result.history["lr"])
 
 
