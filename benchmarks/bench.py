@@ -1,6 +1,6 @@
 """Speed of the lab on this machine, as ratios measured side by side in one process.
 
-    python benchmarks/bench.py [--quick] [--out benchmarks/results]
+    python benchmarks/bench.py [--quick] [--out benchmarks/results] [--device cuda]
     mnist-lab bench [--quick]
 
 Prints a Markdown table and writes `bench.json` and `bench.md` to --out. Measures: data load
@@ -62,28 +62,38 @@ def training_flops(model: nn.Module) -> int:
     return 3 * forward_flops(model)
 
 
-def measured_peak(seconds: float) -> float:
-    """Best fp32 FLOP/s of a 2048^3 matmul on all torch threads: what the cores can reach."""
-    a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measured_peak(seconds: float, device: torch.device) -> float:
+    """Best fp32 FLOP/s of a large matmul on all torch threads (or the GPU, TF32 off as torch
+    leaves it): what the hardware reaches."""
+    n = 2048 if device.type == "cpu" else 8192
+    a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
     best, end = 0.0, time.perf_counter() + seconds
     torch.mm(a, b)
+    synchronize(device)
     while time.perf_counter() < end:
         start = time.perf_counter()
         torch.mm(a, b)
-        best = max(best, 2 * 2048 ** 3 / (time.perf_counter() - start))
+        synchronize(device)
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - start))
     return best
 
 
-def lab_step_rate(model_cls, batch: int, steps: int) -> float:
+def lab_step_rate(model_cls, batch: int, steps: int, device: torch.device) -> float:
     """Samples/s of the lab's training step: uint8 slice -> float, fused Adam, no host sync."""
     torch.manual_seed(0)
     model = model_cls()
     normal(model)
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
-    images = torch.randint(0, 256, (batch * 8, 28, 28), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (batch * 8,))
+    images = torch.randint(0, 256, (batch * 8, 28, 28), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, 10, (batch * 8,), device=device)
     loss_fn = nn.CrossEntropyLoss()
-    total = torch.zeros(())
+    total = torch.zeros((), device=device)
 
     def step(i: int) -> None:
         nonlocal total
@@ -97,6 +107,7 @@ def lab_step_rate(model_cls, batch: int, steps: int) -> float:
 
     for i in range(5):
         step(i)
+    synchronize(device)
     start = time.perf_counter()
     for i in range(steps):
         step(i)
@@ -104,8 +115,9 @@ def lab_step_rate(model_cls, batch: int, steps: int) -> float:
     return steps * batch / (time.perf_counter() - start)
 
 
-def notebook_step_rate(model_cls, steps: int, raw_root: Path) -> float:
-    """The notebook's pipeline, verbatim in spirit: per-sample ToTensor through a DataLoader."""
+def notebook_step_rate(model_cls, steps: int, raw_root: Path, device: torch.device) -> float:
+    """The notebook's pipeline, verbatim in spirit: per-sample ToTensor through a DataLoader,
+    each batch moved to the GPU when there is one (its `use_cuda`)."""
     from torch.utils.data import DataLoader
     from torch.utils.data.sampler import SubsetRandomSampler
     from torchvision import datasets, transforms
@@ -118,6 +130,7 @@ def notebook_step_rate(model_cls, steps: int, raw_root: Path) -> float:
     torch.manual_seed(0)
     model = model_cls()
     normal(model)
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     criterion = nn.CrossEntropyLoss()
     model.train()
@@ -125,6 +138,7 @@ def notebook_step_rate(model_cls, steps: int, raw_root: Path) -> float:
     for i, (images, labels) in enumerate(loader):
         if i == steps:
             break
+        images, labels = images.to(device), labels.to(device)
         optimizer.zero_grad()
         loss = criterion(model(images), labels)
         loss.backward()
@@ -170,14 +184,19 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="about a minute, for CI")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (every measurement on it)")
     args = parser.parse_args(argv)
     quick = args.quick
+    device = torch.device(args.device)
+    on_device = f"device={args.device}"
     torch.set_flush_denormal(True)  # as job.run does
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     figures: dict = {"machine": {"cpu": platform.processor() or platform.machine(),
                                  "threads": torch.get_num_threads(), "torch": torch.__version__,
-                                 "quick": quick}}
+                                 "quick": quick, "device": args.device}}
+    if device.type == "cuda":
+        figures["machine"]["gpu"] = torch.cuda.get_device_name(device)
     rows: list[tuple[str, str]] = []
 
     start = time.perf_counter()
@@ -185,16 +204,16 @@ def main(argv: list[str] | None = None) -> int:
     figures["data_load_seconds"] = time.perf_counter() - start
     rows.append(("data load (read, verify SHA-256, split)", f"{figures['data_load_seconds']:.2f} s"))
 
-    peak = measured_peak(1.0 if quick else 3.0)
+    peak = measured_peak(1.0 if quick else 3.0, device)
     figures["peak_gflops"] = peak / 1e9
-    rows.append(("fp32 peak (best 2048^3 matmul)", f"{peak / 1e9:.0f} GFLOP/s"))
+    rows.append((f"fp32 peak (best matmul, {args.device})", f"{peak / 1e9:.0f} GFLOP/s"))
 
     for name, (model_cls, _) in MODELS.items():
         flops = training_flops(model_cls())
         figures[f"{name}_train_mflop_per_sample"] = flops / 1e6
         for batch in (20, 128, 512):
             steps = max(10, (300 if quick else 1500) * 20 // batch)
-            rate = lab_step_rate(model_cls, batch, steps)
+            rate = lab_step_rate(model_cls, batch, steps, device)
             share = rate * flops / peak
             figures[f"{name}_bs{batch}"] = {"samples_per_second": rate, "share_of_peak": share}
             rows.append((f"{name} training, batch {batch}",
@@ -204,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         raw_root = torchvision_layout(Path(tmp))
         for name, (model_cls, notebook_cls) in MODELS.items():
             steps = 150 if quick else 1200
-            notebook = notebook_step_rate(notebook_cls, steps, raw_root)
-            lab = lab_step_rate(model_cls, 20, steps)
+            notebook = notebook_step_rate(notebook_cls, steps, raw_root, device)
+            lab = lab_step_rate(model_cls, 20, steps, device)
             figures[f"{name}_epoch"] = {"notebook_seconds": TRAIN_IMAGES / notebook,
                                         "lab_seconds": TRAIN_IMAGES / lab,
                                         "speedup": lab / notebook}
@@ -215,11 +234,13 @@ def main(argv: list[str] | None = None) -> int:
 
         runs = Path(tmp) / "runs"
         store = f"tracking.uri=sqlite:///{runs}/mlflow.db"
-        run_py(["model=ffnn", "train.epochs=1", "data.limit=1000", store], runs / "warm")  # the store
+        run_py(["model=ffnn", "train.epochs=1", "data.limit=1000", store, on_device],
+               runs / "warm")  # the store
         # a short run shows the fixed cost per run; the study's FFNN run (its shortest) the share
-        cases = {"short": ["model=ffnn", "train.epochs=2", "data.limit=12000" if quick else "data.limit=48000"]}
+        cases = {"short": ["model=ffnn", "train.epochs=2", on_device,
+                           "data.limit=12000" if quick else "data.limit=48000"]}
         if not quick:
-            cases["study_ffnn"] = ["model=ffnn"]
+            cases["study_ffnn"] = ["model=ffnn", on_device]
         figures["tracking"] = {}
         for case, overrides in cases.items():
             off, _ = run_py([*overrides, "tracking=off"], runs / f"{case}-off")
@@ -238,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         if (ROOT / "experiments" / "speedrun.yaml").is_file():
             results = []
             for seed in (0,) if quick else (0, 1, 2):
-                seconds, report = run_py(["experiment=speedrun", f"seed={seed}", "tracking=off"],
+                seconds, report = run_py(["experiment=speedrun", f"seed={seed}", "tracking=off",
+                                          on_device],
                                          runs / f"speed{seed}")
                 results.append({"seed": seed, "seconds": seconds, "test_acc": accuracy_of(report)})
             mean_acc = sum(r["test_acc"] for r in results) / len(results)

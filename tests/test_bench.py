@@ -34,7 +34,13 @@ def test_quick_benchmark_writes_its_figures(tmp_path):
     for key in ("data_load_seconds", "peak_gflops", "ffnn_bs20", "cnn_bs512", "ffnn_epoch",
                 "cnn_epoch", "tracking", "startup", "speedrun"):
         assert key in figures, key
-    assert figures["cnn_epoch"]["speedup"] > 1  # the lab's loop beats the per-sample pipeline
-    short = figures["tracking"]["short"]
-    assert short["on_seconds"] > 0 and short["ratio"] == short["on_seconds"] / short["off_seconds"]
-    assert "| measurement | result |" in (tmp_path / "bench.md").read_text()
+    assert figures["machine"]["device"] == "cpu" and figures["machine"]["quick"]
+    # figures are measured, not asserted: each is a positive finite number of the promised kind
+    timings = [figures["data_load_seconds"], figures["cnn_epoch"]["lab_seconds"],
+               figures["cnn_epoch"]["notebook_seconds"], figures["tracking"]["short"]["on_seconds"],
+               figures["tracking"]["short"]["off_seconds"], figures["speedrun"]["mean_seconds"]]
+    assert all(0 < t < 3600 for t in timings), timings
+    assert 0 < figures["ffnn_bs20"]["share_of_peak"] and figures["peak_gflops"] > 0
+    assert 0.5 < figures["speedrun"]["mean_test_acc"] <= 1  # a real training run, not a stub
+    table = (tmp_path / "bench.md").read_text()
+    assert "| measurement | result |" in table and "speedrun, 1 seed(s)" in table
