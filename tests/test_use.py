@@ -29,22 +29,33 @@ def test_cnn_bn_builds_from_yaml_with_batch_norm_and_trains(tiny_data, tmp_path,
     assert job.run(cfg) < 2.3  # below chance-level cross-entropy (ln 10 = 2.30)
 
 
-def test_pool_first_blocks_compute_the_same_function_with_fresh_batch_norm():
+def test_pool_first_blocks_compute_the_same_function_with_trained_batch_norm():
     from mnist_lab.models import CNN
 
     torch.manual_seed(0)
-    late = CNN(channels=[8, 16], hidden=[32], batch_norm=True).eval()
-    early = CNN(channels=[8, 16], hidden=[32], batch_norm=True, pool_first=True).eval()
+    late = CNN(channels=[8, 16], hidden=[32], batch_norm=True)
+    early = CNN(channels=[8, 16], hidden=[32], batch_norm=True, pool_first=True)
     kinds = [type(m).__name__ for m in early][:4]
     assert kinds == ["Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
+    # BN as training leaves it: running statistics far from (0, 1) and a positive scale
+    # with a shift, so the test fails if BN's affine map does not commute with max-pooling
+    for bn in (m for m in late if isinstance(m, nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-2, 2)
+        bn.running_var.uniform_(0.2, 3)
+        bn.weight.data.uniform_(0.5, 2)
+        bn.bias.data.uniform_(-1, 1)
+    late.eval()
+    early.eval()
     # the same weights: only the BN modules' positions (and so their keys) differ
-    weighted = (nn.Conv2d, nn.Linear)
-    for a, b in zip([m for m in late if isinstance(m, weighted)],
-                    [m for m in early if isinstance(m, weighted)]):
+    for a, b in zip([m for m in late if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))],
+                    [m for m in early if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))]):
         b.load_state_dict(a.state_dict())
     x = torch.rand(5, 1, 28, 28)
-    # a fresh BN in eval mode is a per-channel positive scaling, which commutes with max-pool
     assert torch.allclose(late(x), early(x), atol=1e-5)
+    # a negative BN scale does not commute with max-pool: the two orders then differ
+    for model in (late, early):
+        next(m for m in model if isinstance(m, nn.BatchNorm2d)).weight.data.mul_(-1)
+    assert not torch.allclose(late(x), early(x), atol=1e-3)
 
 
 def test_pool_first_without_batch_norm_is_the_notebook_cnn_exactly():
@@ -85,12 +96,18 @@ def test_augmented_training_keeps_labels_and_learns(tiny_data, tmp_path, monkeyp
 
 
 def test_tta_averages_shifted_predictions():
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     x = torch.rand(4, 1, 28, 28)
     logits = tta_logits(model, x)
-    assert torch.allclose(logits.exp().sum(dim=1), torch.ones(4), atol=1e-5)
+    # by hand: the mean softmax over the image and its four one-pixel shifts
+    views = [x, shift(x, 1, 0), shift(x, -1, 0), shift(x, 0, 1), shift(x, 0, -1)]
+    expected = torch.stack([model(v).softmax(dim=1) for v in views]).mean(dim=0).log()
+    assert torch.allclose(logits, expected, atol=1e-6)
+    assert not torch.allclose(logits, model(x).log_softmax(dim=1), atol=1e-3)  # shifts matter
     result = evaluate(model, (x[:, 0] * 255).to(torch.uint8), torch.arange(4), tta=True)
-    assert result.confusion.sum() == 4
+    plain = evaluate(model, (x[:, 0] * 255).to(torch.uint8), torch.arange(4))
+    assert result.confusion.sum() == 4 and result.loss != plain.loss
 
 
 @pytest.fixture(scope="module")
