@@ -16,8 +16,9 @@ WORST_OBJECTIVE = math.inf  # what a sweeper sees for a failed job (the objectiv
 
 def is_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    return HydraConfig.initialized() and str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def train(cfg: DictConfig) -> float:

@@ -91,13 +91,14 @@ def load_logged_config(path) -> DictConfig:
 def hydra_context() -> tuple[list[str], str | None]:
     """(task overrides, parent run id) of the current Hydra job, if any."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     if not HydraConfig.initialized():
         return [], None
     hydra = HydraConfig.get()
     parent = None
     parent_file = Path(hydra.sweep.dir) / PARENT_ID_FILE
-    if str(hydra.mode) == "RunMode.MULTIRUN" and parent_file.is_file():
+    if hydra.mode == RunMode.MULTIRUN and parent_file.is_file():
         parent = parent_file.read_text().strip()
     return list(hydra.overrides.task), parent
 
