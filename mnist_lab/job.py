@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import checkpoint, tracking
 from mnist_lab.checkpoint import TrainingState, save_every_epoch
-from mnist_lab.data import load_mnist
+from mnist_lab.data import load_mnist, split_seed
 from mnist_lab.evaluate import evaluate, report
 from mnist_lab.identity import config_key
 from mnist_lab.models import build_model, count_parameters, without_name
@@ -161,7 +161,7 @@ def run(cfg: DictConfig) -> float:
         torch.set_flush_denormal(True)
         device = pick_device(cfg.device)
         seed_everything(cfg.seed, cfg.deterministic, device)
-        data = load_mnist(cfg.data.root, cfg.data.val_size, cfg.seed, cfg.data.limit,
+        data = load_mnist(cfg.data.root, cfg.data.val_size, split_seed(cfg), cfg.data.limit,
                           cfg.data.download, cfg.data.verify).to(device)
         model = build_model(cfg).to(device)
         steps_per_epoch = -(-len(data.train_images) // cfg.train.batch_size)
