@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab import checkpoint, tracking
+from mnist_lab import checkpoint, stats, tracking
 from mnist_lab.checkpoint import TrainingState, save_every_epoch
 from mnist_lab.data import load_mnist, split_seed
 from mnist_lab.evaluate import evaluate, report
@@ -81,6 +81,8 @@ def write_outputs(out: Path, cfg: DictConfig, state: TrainingState, test, data) 
     rows = [{"class": d, "correct": c, "total": t, "accuracy": round(c / max(t, 1), 6)}
             for d, (c, t) in enumerate(zip(test.class_correct.tolist(), test.class_total.tolist()))]
     write_table(rows, out / "per_class.csv", out / "per_class.md")
+    stats.write_predictions(out / stats.PREDICTIONS, data.test_labels.tolist(),
+                            test.predictions.tolist())  # for image-by-image comparisons
     (out / "report.txt").write_text(report(test, f"{cfg.model.name} on the test set") + "\n")
     if cfg.plots:  # matplotlib costs ~0.3 s to import, so only when figures are wanted
         from mnist_lab import plots
