@@ -75,6 +75,8 @@ class McNemar:
     McNemar p-value (a two-sided binomial test of those counts against a fair coin)."""
 
     pair: str
+    baseline_accuracy: float
+    other_accuracy: float
     only_baseline: int
     only_other: int
     p_value: float
@@ -142,7 +144,8 @@ def mcnemar(pair: str, baseline: np.ndarray, other: np.ndarray) -> McNemar:
     only_other = int(np.sum(other & ~baseline))
     discordant = only_baseline + only_other
     p_value = stats.binomtest(only_other, discordant, 0.5).pvalue if discordant else 1.0
-    return McNemar(pair, only_baseline, only_other, float(p_value))
+    return McNemar(pair, float(baseline.mean()), float(other.mean()), only_baseline, only_other,
+                   float(p_value))
 
 
 def same_images(runs: list[RunRecord]) -> bool:
@@ -221,8 +224,9 @@ def summary_lines(c: Comparison) -> list[str]:
                      f"{loss.difference:+.4f} ({interval(loss, lambda v: f'{v:+.4f}')})")
     if c.mcnemar:
         m = c.mcnemar
-        lines.append(f"  {m.pair}: only {c.other} right on {m.only_other} test images, only "
-                     f"{c.baseline} on {m.only_baseline}; McNemar exact p = {m.p_value:.3g}")
+        lines.append(f"  {m.pair} ({m.other_accuracy:.2%} vs {m.baseline_accuracy:.2%}): only "
+                     f"{c.other} right on {m.only_other} test images, only {c.baseline} on "
+                     f"{m.only_baseline}; McNemar exact p = {m.p_value:.3g}")
     return lines
 
 
@@ -236,6 +240,9 @@ def table_rows(c: Comparison) -> list[dict]:
     if c.mcnemar:
         m = c.mcnemar
         rows.append({"baseline": c.baseline, "other": c.other, "metric": f"test/acc, {m.pair}",
+                     "baseline_value": round(m.baseline_accuracy, 6),
+                     "other_value": round(m.other_accuracy, 6),
+                     "difference": round(m.other_accuracy - m.baseline_accuracy, 6),
                      "p_value": float(f"{m.p_value:.4g}"),
                      "method": "McNemar exact (binomial test on images only one run gets right)",
                      "only_baseline_right": m.only_baseline, "only_other_right": m.only_other})

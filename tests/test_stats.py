@@ -170,6 +170,8 @@ def test_a_model_by_seed_sweep_ends_with_the_comparison_and_compare_repeats_it(t
             kept[child.data.params["model.name"]] = predicted == labels
     mcnemar = rows["test/acc, seed 0 pair"]
     assert np.any(kept["cnn"] != kept["ffnn"])
+    assert float(mcnemar["difference"]) == pytest.approx(accuracy["cnn", "0"]
+                                                         - accuracy["ffnn", "0"], abs=1e-6)
     assert int(mcnemar["only_other_right"]) == int(np.sum(kept["cnn"] & ~kept["ffnn"]))
     assert int(mcnemar["only_baseline_right"]) == int(np.sum(kept["ffnn"] & ~kept["cnn"]))
     md = client.download_artifacts(parent.info.run_id, "comparison.md", str(tmp_path))
