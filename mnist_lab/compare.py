@@ -24,7 +24,6 @@ from mnist_lab.errors import ConfigError
 COLUMNS = ("run", "model", "optim", "lr", "dropout", "init", "best_val_loss", "test_acc",
            "weakest_class", "wall_s")
 SORT_KEYS = ("best_val_loss", "test_acc", "wall_s", "lr", "run")
-OLDEST_FIRST = ["attributes.start_time ASC"]  # a sweep's first value is the baseline of --stats
 
 
 def row_for(run) -> dict:
@@ -73,9 +72,9 @@ def find_runs(client, experiment: str, parent: str | None, last: bool,
         parent = sweeps[0].info.run_id
     if parent:
         runs = client.search_runs(ids, f"tags.`mlflow.parentRunId` = '{parent}'",
-                                  order_by=OLDEST_FIRST, max_results=10000)
+                                  max_results=10000)
         return list(runs), f"sweep {parent}"
-    runs = client.search_runs(ids, order_by=OLDEST_FIRST, max_results=10000)
+    runs = client.search_runs(ids, max_results=10000)
     return [r for r in runs if r.data.tags.get("sweep") != "true"], f"experiment {experiment}"
 
 
@@ -248,6 +247,8 @@ def compare(args: argparse.Namespace) -> int:
     if key:
         print()
         out = Path(args.output) if args.output else None
+        if not args.run_ids:  # oldest first: a sweep's first value is the baseline
+            runs = sorted(runs, key=lambda r: r.info.start_time or 0)
         print("\n".join(compare_stats(client, runs, key, out)))
         if out:
             print(f"wrote {out}/comparison.csv, comparison.md, comparison.png")

@@ -193,7 +193,7 @@ def points(value: float) -> str:
     return f"{100 * value:+.2f} pp"
 
 
-def interval(d: Difference, fmt) -> str:
+def interval_text(d: Difference, fmt) -> str:
     if math.isnan(d.low):
         return d.method
     p = f", p = {d.p_value:.2g}" if not math.isnan(d.p_value) else ""
@@ -207,7 +207,7 @@ def summary_lines(c: Comparison) -> list[str]:
     if "test/acc" in by_metric:
         acc = by_metric["test/acc"]
         lines.append(f"  test/acc {acc.other:.2%} vs {acc.baseline:.2%}: "
-                     f"{points(acc.difference)} ({interval(acc, points)})")
+                     f"{points(acc.difference)} ({interval_text(acc, points)})")
     classes = [by_metric[f"test/acc_class_{d}"] for d in range(CLASSES)
                if f"test/acc_class_{d}" in by_metric]
     if classes and not all(math.isnan(d.low) for d in classes):
@@ -221,7 +221,7 @@ def summary_lines(c: Comparison) -> list[str]:
     if "best/val_loss" in by_metric:
         loss = by_metric["best/val_loss"]
         lines.append(f"  best/val_loss {loss.other:.4f} vs {loss.baseline:.4f}: "
-                     f"{loss.difference:+.4f} ({interval(loss, lambda v: f'{v:+.4f}')})")
+                     f"{loss.difference:+.4f} ({interval_text(loss, lambda v: f'{v:+.4f}')})")
     if c.mcnemar:
         m = c.mcnemar
         lines.append(f"  {m.pair} ({m.other_accuracy:.2%} vs {m.baseline_accuracy:.2%}): only "
