@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import math
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -133,11 +134,15 @@ def summarise(client, parent_id: str) -> None:
                 math.isfinite(r.data.metrics.get("best/val_loss", math.inf))]
     spread = seed_spread(finished, swept)
     failed = len(runs) - len(finished)
+    others = [k for k in swept if k != "seed"]
+    comparison: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         write_table(rows, out / "sweep_summary.csv", out / "sweep_summary.md")
         if spread:
             write_table(spread, out / "sweep_seed_spread.csv", out / "sweep_seed_spread.md")
+        if len(spread) > 1 and len(others) == 1:  # several configurations over seeds
+            comparison = compare_configurations(client, finished, others[0], out)
         curves = {r.info.run_name: metric_curve(client, r.info.run_id) for r in runs}
         overlay(curves, out / "sweep_val_loss.png", "val/loss", "validation loss per run")
         client.log_artifacts(parent_id, str(out))
@@ -164,3 +169,21 @@ def summarise(client, parent_id: str) -> None:
               f"mean {row['test/acc_mean']:.2%}"
               + (f", std {std:.2%}" if math.isfinite(std) else "")
               + f", range {row['test/acc_min']:.2%}-{row['test/acc_max']:.2%}")
+    if len(spread) > 1 and len(others) > 1:
+        print(f"several keys vary besides seed ({', '.join(others)}); to compare two groups: "
+              f"mnist-lab compare --stats --parent {parent_id} --by KEY")
+    for line in comparison:
+        print(line)
+
+
+def compare_configurations(client, finished: list, key: str, out: Path) -> list[str]:
+    """`mnist-lab compare --stats` on the sweep's runs, into `out`; a failure is reported,
+    not raised: the sweep's runs and summary stand without it."""
+    from mnist_lab.compare import compare_stats
+
+    try:
+        return compare_stats(client, finished, key, out)
+    except Exception as err:
+        print(f"comparison failed ({err.__class__.__name__}: {err}); the runs are in the store, "
+              "retry with mnist-lab compare --stats", file=sys.stderr)
+        return []

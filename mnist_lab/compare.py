@@ -1,15 +1,25 @@
-"""Compare runs side by side: `mnist-lab compare [--last | --parent RUN_ID] [--sort KEY]`.
+"""Compare runs side by side: `mnist-lab compare [--last | --parent RUN_ID | RUN_ID ...]`.
 
 Reads the store that run.py writes to (the same default, tracking.uri or MLFLOW_TRACKING_URI)
 and prints one row per training run: model, optimizer, lr, dropout, init, best val loss, test
 accuracy, the weakest class and wall time. `--output DIR` also writes CSV, Markdown and a figure.
+
+`--stats` then asks whether the difference is real: the runs are grouped by `--by KEY` (default:
+the one key the sweep varied besides seed, else model.name), and each group is compared with the
+first (the sweep's first value): test accuracy, per class and best val loss, with 95% intervals
+(paired by seed where both groups ran the same seeds), and McNemar's test on one pair of runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+
+from mnist_lab.errors import ConfigError
 
 COLUMNS = ("run", "model", "optim", "lr", "dropout", "init", "best_val_loss", "test_acc",
            "weakest_class", "wall_s")
@@ -38,7 +48,17 @@ def row_for(run) -> dict:
     }
 
 
-def find_runs(client, experiment: str, parent: str | None, last: bool) -> tuple[list, str]:
+def find_runs(client, experiment: str, parent: str | None, last: bool,
+              run_ids: list[str] = ()) -> tuple[list, str]:
+    if run_ids:
+        runs = []
+        for run_id in run_ids:
+            try:
+                runs.append(client.get_run(run_id))
+            except Exception:
+                raise ConfigError(f"run {run_id} is not in this store; pass ids that "
+                                  "`mnist-lab compare` or the MLflow UI shows") from None
+        return runs, f"runs {', '.join(run_ids)}"
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise SystemExit(f"no experiment named {experiment!r} in this store; train a run first "
@@ -87,11 +107,133 @@ def write_outputs(client, runs: list, rows: list[dict], out: Path, title: str) -
     plots.overlay(curves, out / "compare_val_loss.png", "val/loss", title)
 
 
+# --- is the difference real? -------------------------------------------------------------------
+def finished(runs: list) -> list:
+    return [r for r in runs if r.info.status == "FINISHED" and "test/acc" in r.data.metrics]
+
+
+def group_by(runs: list, key: str) -> dict[str, list]:
+    """Runs by their value of `key` (a param; `run`: each run alone); groups in the order of
+    their first run, so the first is the baseline."""
+    groups: dict[str, list] = {}
+    for run in runs:
+        value = run.info.run_name if key == "run" else run.data.params.get(key)
+        if value is not None:
+            groups.setdefault(value, []).append(run)
+    return groups
+
+
+def stats_key(runs: list, by: str | None, by_id: bool) -> str:
+    """The key to group `runs` (finished) by: `by`, else the one key their overrides vary
+    besides seed, else model.name; each run alone when ids were given and nothing else splits
+    them. ConfigError when the key leaves fewer than two groups."""
+    from mnist_lab.callbacks import swept_keys
+
+    if not runs:
+        raise ConfigError("--stats: no finished run with a test accuracy to compare")
+    varied = [k for k in swept_keys(runs) if k != "seed"]
+    key = by or (varied[0] if len(varied) == 1 else "model.name")
+    if by is None and by_id and len(group_by(runs, key)) < 2:
+        key = "run"
+    groups = group_by(runs, key)
+    if len(groups) < 2:
+        params = set().union(*(r.data.params for r in runs))
+        differ = sorted(k for k in params if len({r.data.params.get(k) for r in runs}) > 1)
+        found = f"all {len(runs)} finished runs have {key}={next(iter(groups))}" if groups else (
+            f"no finished run has the param {key}")
+        raise ConfigError(f"--by {key}: {found}, so there is nothing to compare; params that "
+                          f"differ between these runs: {', '.join(differ) or 'none'}")
+    return key
+
+
+def run_record(client, run, folder: Path):
+    """A run's seed, metrics and test predictions (None when it kept none) for `stats`."""
+    from mnist_lab.stats import PREDICTIONS, RunRecord, read_predictions
+
+    labels = predictions = None
+    into = folder / run.info.run_id
+    into.mkdir(parents=True)
+    try:
+        path = client.download_artifacts(run.info.run_id, PREDICTIONS, str(into))
+        labels, predictions = read_predictions(path)
+    except Exception:  # a run from before predictions were kept: its metrics still compare
+        pass
+    return RunRecord(run.info.run_name, int(run.data.params.get("seed", -1)),
+                     dict(run.data.metrics), labels, predictions)
+
+
+@contextmanager
+def quiet_downloads():
+    """No MLflow progress bar per downloaded file (one per run would bury the answer)."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR as bar
+
+    before = os.environ.get(bar.name)
+    os.environ[bar.name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(bar.name)
+        else:
+            os.environ[bar.name] = before
+
+
+def compare_stats(client, runs: list, key: str, out: Path | None = None) -> list[str]:
+    """Each group of finished `runs` by `key` against the first; returns the lines to print,
+    and writes comparison.csv/.md and comparison.png into `out` when given."""
+    from mnist_lab import stats
+    from mnist_lab.callbacks import swept_keys
+
+    groups = group_by(finished(runs), key)
+    with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
+        records = {value: [run_record(client, r, Path(tmp)) for r in members]
+                   for value, members in groups.items()}
+    (baseline, baseline_runs), *others = records.items()
+    comparisons = [stats.compare_groups(key, baseline, baseline_runs, value, members)
+                   for value, members in others]
+    lines = [line for c in comparisons for line in stats.summary_lines(c)]
+    mixed = [k for k in swept_keys(finished(runs)) if k not in (key, "seed")]
+    if mixed and key != "run":
+        lines.append(f"  note: the runs also differ in {', '.join(mixed)}; each group mixes them")
+    without = [r.name for members in records.values() for r in members if r.labels is None]
+    if without:
+        lines.append(f"  no {stats.PREDICTIONS} on {len(without)} run(s) (logged before runs "
+                     f"kept them): no image-level test for those")
+    if out is not None:
+        write_comparison(comparisons, lines, out)
+    return lines
+
+
+def write_comparison(comparisons: list, lines: list[str], out: Path) -> None:
+    from mnist_lab import plots, stats
+    from mnist_lab.tracking import write_table
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [row for c in comparisons for row in stats.table_rows(c)]
+    write_table(rows, out / "comparison.csv", out / "comparison.md")
+    table = (out / "comparison.md").read_text()
+    (out / "comparison.md").write_text("# Is the difference real?\n\n```\n" + "\n".join(lines)
+                                       + "\n```\n\n" + table)
+    plots.intervals(stats.figure_panels(comparisons), out / "comparison.png",
+                    "difference in test accuracy (percentage points), 95% interval")
+
+
 def compare(args: argparse.Namespace) -> int:
     from mnist_lab.tracking import client_for
 
+    if args.run_ids and (args.last or args.parent):
+        print("error: pass run ids, --last or --parent, not several", file=sys.stderr)
+        return 2
+    if args.by and not args.stats:
+        print(f"error: --by {args.by} groups runs for --stats; add --stats", file=sys.stderr)
+        return 2
     client = client_for(args.uri, args.experiment)
-    runs, scope = find_runs(client, args.experiment, args.parent, args.last)
+    try:
+        runs, scope = find_runs(client, args.experiment, args.parent, args.last, args.run_ids)
+        key = stats_key(finished(runs), args.by, bool(args.run_ids)) if args.stats else None
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if not runs:
         print(f"no training runs in {scope}", file=sys.stderr)
         return 1
@@ -102,6 +244,14 @@ def compare(args: argparse.Namespace) -> int:
     if args.output:
         write_outputs(client, runs, rows, Path(args.output), f"val/loss, {scope}")
         print(f"wrote {args.output}/compare.csv, compare.md, compare_val_loss.png")
+    if key:
+        print()
+        out = Path(args.output) if args.output else None
+        if not args.run_ids:  # oldest first: a sweep's first value is the baseline
+            runs = sorted(runs, key=lambda r: r.info.start_time or 0)
+        print("\n".join(compare_stats(client, runs, key, out)))
+        if out:
+            print(f"wrote {out}/comparison.csv, comparison.md, comparison.png")
     return 0
 
 
@@ -116,6 +266,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("--parent", metavar="RUN_ID", help="the runs of one sweep")
     scope.add_argument("--last", action="store_true", help="the runs of the newest sweep")
+    parser.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="these runs only")
     parser.add_argument("--experiment", default="mnist-lab", help="MLflow experiment name")
     parser.add_argument("--uri", default=None,
                         help="tracking URI (default: MLFLOW_TRACKING_URI, else mlruns/mlflow.db)")
@@ -123,7 +274,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     order = parser.add_mutually_exclusive_group()
     order.add_argument("--descending", action="store_true", default=None)
     order.add_argument("--ascending", dest="descending", action="store_false")
-    parser.add_argument("--output", metavar="DIR", help="write compare.csv/.md and a figure")
+    parser.add_argument("--output", metavar="DIR", help="write compare.csv/.md and a figure "
+                        "(with --stats also comparison.csv/.md/.png)")
+    parser.add_argument("--stats", action="store_true",
+                        help="is the difference real? intervals and tests between groups of runs")
+    parser.add_argument("--by", metavar="KEY", help="--stats groups runs by this param "
+                        "(default: the one swept key besides seed, else model.name; run: each run)")
     parser.set_defaults(handler=compare)
 
 

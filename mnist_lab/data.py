@@ -168,6 +168,11 @@ def load_mnist(root: str | Path, val_size: int, seed: int, limit: int | None = N
                  test_images, test_labels.long(), checksums)
 
 
+def split_seed(cfg) -> int:
+    """The seed the train/validation split is drawn from: `data.split_seed`, else `seed`."""
+    return cfg.seed if cfg.data.split_seed is None else cfg.data.split_seed
+
+
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1], as `ToTensor` gives."""
     return images.unsqueeze(1).float().div_(255)

@@ -14,9 +14,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab import checkpoint, tracking
+from mnist_lab import checkpoint, stats, tracking
 from mnist_lab.checkpoint import TrainingState, save_every_epoch
-from mnist_lab.data import load_mnist
+from mnist_lab.data import load_mnist, split_seed
 from mnist_lab.evaluate import evaluate, report
 from mnist_lab.identity import config_key
 from mnist_lab.models import build_model, count_parameters, without_name
@@ -81,6 +81,8 @@ def write_outputs(out: Path, cfg: DictConfig, state: TrainingState, test, data) 
     rows = [{"class": d, "correct": c, "total": t, "accuracy": round(c / max(t, 1), 6)}
             for d, (c, t) in enumerate(zip(test.class_correct.tolist(), test.class_total.tolist()))]
     write_table(rows, out / "per_class.csv", out / "per_class.md")
+    stats.write_predictions(out / stats.PREDICTIONS, data.test_labels.tolist(),
+                            test.predictions.tolist())  # for image-by-image comparisons
     (out / "report.txt").write_text(report(test, f"{cfg.model.name} on the test set") + "\n")
     if cfg.plots:  # matplotlib costs ~0.3 s to import, so only when figures are wanted
         from mnist_lab import plots
@@ -161,7 +163,7 @@ def run(cfg: DictConfig) -> float:
         torch.set_flush_denormal(True)
         device = pick_device(cfg.device)
         seed_everything(cfg.seed, cfg.deterministic, device)
-        data = load_mnist(cfg.data.root, cfg.data.val_size, cfg.seed, cfg.data.limit,
+        data = load_mnist(cfg.data.root, cfg.data.val_size, split_seed(cfg), cfg.data.limit,
                           cfg.data.download, cfg.data.verify).to(device)
         model = build_model(cfg).to(device)
         steps_per_epoch = -(-len(data.train_images) // cfg.train.batch_size)

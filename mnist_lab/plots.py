@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never opens a window
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 
-from mnist_lab.evaluate import EvalResult  # noqa: E402
+if TYPE_CHECKING:  # torch only for annotations: `mnist-lab compare` draws without importing it
+    import torch
+
+    from mnist_lab.evaluate import EvalResult
 
 
 def _save(fig, path: Path) -> Path:
@@ -82,6 +86,24 @@ def overlay(curves: dict[str, list[float]], path: Path, ylabel: str, title: str)
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     if curves:
         ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def intervals(panels: dict[str, list[tuple[str, float, float, float]]], path: Path,
+              xlabel: str) -> Path:
+    """One panel per title: each row's value as a dot and its interval (NaN: none) as a bar."""
+    height = 1 + sum(0.6 + 0.3 * len(rows) for rows in panels.values())
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, height), squeeze=False)
+    for ax, (title, rows) in zip(axes[:, 0], panels.items()):
+        y = list(range(len(rows)))[::-1]  # first row on top
+        values = [value for _, value, _, _ in rows]
+        reach = [[value - low for _, value, low, _ in rows],
+                 [high - value for _, value, _, high in rows]]
+        reach = [[0.0 if math.isnan(r) else max(r, 0.0) for r in side] for side in reach]
+        ax.errorbar(values, y, xerr=reach, fmt="o", capsize=3, color="tab:blue")
+        ax.axvline(0, color="grey", linestyle="--")
+        ax.set(yticks=y, yticklabels=[label for label, *_ in rows], xlabel=xlabel)
+        ax.set_title(title, fontsize=9)
     return _save(fig, path)
 
 

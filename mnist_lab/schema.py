@@ -189,6 +189,7 @@ class DataConf:
     download: bool = False  # fetch missing files with torchvision (needs the internet)
     verify: bool = True  # check SHA-256 of the decompressed files
     val_size: int = 12000
+    split_seed: Optional[int] = None  # the train/validation split's seed; null: `seed`
     limit: Optional[int] = None  # train on the first N of the training part only
     augment: bool = False  # random rotation + shift per training image, on whole batches
     rotate_degrees: float = 10.0

@@ -4,8 +4,9 @@ import struct
 import pytest
 import torch
 
-from conftest import REAL_DATA, make_dataset, synthetic_digits, write_idx
-from mnist_lab.data import DataError, batches, load_mnist, read_idx, to_float
+from conftest import (REAL_DATA, compose_config, make_dataset, synthetic_digits, tiny_overrides,
+                      write_idx)
+from mnist_lab.data import DataError, batches, load_mnist, read_idx, split_seed, to_float
 
 
 def test_reads_gzip_and_raw_alike(tmp_path):
@@ -105,3 +106,16 @@ def test_bundled_mnist_verifies_and_matches_published_facts():
     assert data.test_labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert set(data.checksums) == {"train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                                    "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"}
+
+
+def test_split_seed_null_keeps_the_seeded_split_and_a_fixed_one_holds_across_seeds(tiny_data):
+    def validation(*overrides):
+        cfg = compose_config([*tiny_overrides(tiny_data), *overrides])
+        return load_mnist(tiny_data, 100, split_seed(cfg), verify=False).val_images
+
+    # null (the default): the split every run drew before data.split_seed existed
+    assert torch.equal(validation("seed=3"), load_mnist(tiny_data, 100, 3, verify=False).val_images)
+    assert not torch.equal(validation("seed=3"), validation("seed=4"))
+    fixed = validation("seed=3", "data.split_seed=7")
+    assert torch.equal(fixed, validation("seed=4", "data.split_seed=7"))
+    assert not torch.equal(fixed, validation("seed=3"))

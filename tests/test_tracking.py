@@ -18,6 +18,7 @@ from mnist_lab import job
 from mnist_lab.callbacks import seed_spread, swept_keys
 from mnist_lab.data import load_mnist
 from mnist_lab.evaluate import evaluate
+from mnist_lab.stats import PREDICTIONS, read_predictions
 from mnist_lab.tracking import TrackingError
 
 EPOCH_METRICS = {"train/loss", "val/loss", "val/acc", "lr", "epoch_seconds", "samples_per_second"}
@@ -25,7 +26,7 @@ FINAL_METRICS = {"test/loss", "test/acc", "best_epoch", "best/val_loss",
                  *(f"test/acc_class_{d}" for d in range(10))}
 ARTIFACTS = {"config.yaml", "best.pth", "per_class.csv", "per_class.md", "report.txt",
              "loss_curves.png", "class_accuracy.png", "confusion_matrix.png",
-             "test_predictions.png", "confident_mistakes.png"}
+             "test_predictions.png", "confident_mistakes.png", "test_predictions.csv"}
 
 
 def store_overrides(tiny_data, tmp_path):
@@ -72,6 +73,10 @@ def test_a_run_is_fully_recorded(tiny_data, tmp_path, monkeypatch):
     model.load_state_dict(torch.load(local, weights_only=True))
     result = evaluate(model, data.test_images, data.test_labels)
     assert result.accuracy == pytest.approx(run.data.metrics["test/acc"])
+    kept = client.download_artifacts(run.info.run_id, PREDICTIONS, str(tmp_path))
+    labels, predictions = read_predictions(kept)  # the run's own predictions, image by image
+    assert torch.equal(torch.from_numpy(labels), data.test_labels)
+    assert torch.equal(torch.from_numpy(predictions), result.predictions)
     mlflow.set_tracking_uri(uri)
     logged = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
     x = data.test_images[:37].unsqueeze(1).float() / 255
