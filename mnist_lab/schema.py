@@ -2,8 +2,8 @@
 
 Types and key names are enforced by OmegaConf when Hydra composes (a misspelt key or a string
 where a number belongs fails there); `validate` (mnist_lab/limits.py) then checks values, so
-every bad config fails before any data is read or any MLflow run is created. Importing this module must stay cheap: it
-runs on every `python run.py --help`.
+every bad config fails before any data is read or any MLflow run is created. Importing this
+module must stay cheap: it runs on every `python run.py --help`.
 """
 
 from __future__ import annotations
