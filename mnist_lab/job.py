@@ -102,7 +102,7 @@ def find_resume(cfg: DictConfig) -> dict | None:
                               "without resume first, or pass resume=RUN_ID")
     else:
         path = tracking.checkpoint_of(cfg, str(cfg.resume))
-    state = checkpoint.load_safely(path)
+    state = checkpoint.load_last(path)
     if state.get("config_key") != config_key(cfg):
         raise ConfigError(f"resume={cfg.resume}: the checkpoint {path} was made with another "
                           f"config ({state.get('overrides') or 'no overrides'}); pass the same "
