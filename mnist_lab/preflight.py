@@ -21,6 +21,7 @@ from mnist_lab.limits import unknown_key, validate
 from mnist_lab.schema import PROJECT_ROOT
 
 GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
+MOST_COMMAS = 1000  # Hydra parses a list in quadratic time: 10,000 values take minutes
 MOST_JOBS_CHECKED = 200  # a bigger sweep's later jobs are checked as they start
 TYPE_NAMES = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false",
               "String": "a text"}
@@ -54,6 +55,10 @@ def problem_in(overrides: list[str], multirun: bool) -> str | None:
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    for line in overrides:
+        if line.count(",") > MOST_COMMAS:
+            return (f"{line.split('=')[0].lstrip('+~')}: {line.count(','):,} commas in one "
+                    f"override; at most {MOST_COMMAS:,} (no key takes a list that long)")
     parsed = OverridesParser.create().parse_overrides(overrides)
     for override in parsed:
         key = override.key_or_group

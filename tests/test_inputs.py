@@ -67,10 +67,11 @@ HYDRA_ERRORS = [
     ("~train.epochs", "~train.epochs"),
     ("optim._target_=os.system", "optim._target_ is wiring"),
     ("experiment=nope", "experiment is one of best_cnn"),
+    (f"model.hidden=[{','.join(['1'] * 10_000)}]", "model.hidden: 9,999 commas"),  # not minutes
 ]
 
 
-@pytest.mark.parametrize("override, says", HYDRA_ERRORS, ids=[h[0] for h in HYDRA_ERRORS])
+@pytest.mark.parametrize("override, says", HYDRA_ERRORS, ids=[h[0][:30] for h in HYDRA_ERRORS])
 def test_hydra_errors_are_one_line_naming_the_key(tiny_data, override, says):
     problem = first_problem([*tiny_overrides(tiny_data), override])
     assert problem is not None and "\n" not in problem
