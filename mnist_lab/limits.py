@@ -93,8 +93,10 @@ UNIT = number(0, 1, high_open=True)  # [0, 1)
 POSITIVE = number(0, low_open=True)
 NON_NEGATIVE = number(0)
 
+SEED = Rule(count(0).test, f"an integer from 0 to 2**63 - 1 = {INT64_MAX}")
+
 RULES: dict[str, Rule] = {
-    "seed": Rule(count(0).test, f"an integer from 0 to 2**63 - 1 = {INT64_MAX}"),
+    "seed": SEED,
     "device": one_of(*DEVICES),
     "threads": Rule(count(0, 1024).test, "0 (torch's default) or a thread count up to 1024"),
     "resume": Rule(lambda v: isinstance(v, bool) or (isinstance(v, str) and v != ""),
@@ -138,6 +140,7 @@ RULES: dict[str, Rule] = {
     "eval.batch_size": count(1),
     "data.root": text(4096),
     "data.val_size": count(1),
+    "data.split_seed": Rule(lambda v: v is None or SEED.test(v), f"null (seed's) or {SEED.allowed}"),
     "data.limit": Rule(lambda v: v is None or count(1).test(v), "null (all) or at least 1"),
     "data.rotate_degrees": number(0, 180),
     "data.shift_pixels": number(0, 14),

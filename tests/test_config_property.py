@@ -83,6 +83,13 @@ def named_key(override: str) -> str:
     return override.lstrip("+~").split("=")[0]
 
 
+@pytest.fixture(autouse=True)
+def float_draws_keep_denormals():
+    # job.run (earlier tests) flushes denormal floats for the whole process; Hypothesis's float
+    # strategies need them
+    torch.set_flush_denormal(False)
+
+
 @pytest.fixture(scope="module")
 def fixture_data(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("property") / "tiny")
