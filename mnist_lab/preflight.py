@@ -5,8 +5,8 @@ cannot parse) in several lines with exit status 1, and it creates the job's outp
 folder before the task function could refuse a bad value. `check_command_line` composes the
 same config first, with Hydra's compose API, and validates it: a problem is one line on stderr,
 exit status 2, and nothing is created. A sweep is composed job by job, as the basic sweeper
-expands it, and refused when none of its jobs could run; when only some can, it runs and the bad
-ones are recorded FAILED (cli.train).
+expands it: refused if a job does not compose (Hydra would stop halfway) or if no job passes
+`validate`; when only some do, it runs and the others are recorded FAILED (cli.train).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from mnist_lab.schema import PROJECT_ROOT
 
 GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 MOST_COMMAS = 1000  # Hydra parses a list in quadratic time: 10,000 values take minutes
-MOST_JOBS_CHECKED = 200  # a bigger sweep's later jobs are checked as they start
+MOST_JOBS_CHECKED = 100  # a bigger sweep's later jobs are checked as they start
 TYPE_NAMES = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false",
               "String": "a text"}
 
@@ -65,11 +65,13 @@ def problem_in(overrides: list[str], multirun: bool) -> str | None:
         if not key.startswith("hydra") and key.rpartition(".")[2].startswith("_"):
             return (f"{override.input_line}: {key} is wiring, set by the group's option; choose "
                     f"another option ({key.split('.')[0]}=...) instead")
-    # a sweep's first value stands for the sweep while the base config is composed
-    base = [override.input_line if not override.is_sweep_override() else
-            f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}"
-            for override in parsed if not override.is_sweep_override()
-            or override.is_discrete_sweep()]
+    base = []  # a discrete sweep's first value stands for it (an interval is the sweeper's)
+    for override in parsed:
+        if not override.is_sweep_override():
+            base.append(override.input_line)
+        elif override.is_discrete_sweep():
+            first = next(iter(override.sweep_string_iterator()))
+            base.append(f"{override.get_key_element()}={first}")
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=base, return_hydra_config=True)
         sweeps = [o for o in parsed if o.is_sweep_override()]
@@ -86,17 +88,20 @@ def problem_in(overrides: list[str], multirun: bool) -> str | None:
             params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.params or {}).items()]
             expanded = OverridesParser.create().parse_overrides([*params, *overrides])
             jobs = BasicSweeper.split_arguments(expanded, None)[0]
-        refusals = []
+        refusals, runnable = [], False
         for job in jobs[:MOST_JOBS_CHECKED]:
-            try:  # composition errors are the whole sweep's: they propagate
-                validate(without_hydra(compose("config", overrides=job,
-                                               return_hydra_config=True)))
-                return None  # a job that can run: the sweep runs, bad jobs recorded FAILED
-            except ConfigError as err:
+            # a job that does not compose would stop the sweep halfway: that error propagates
+            cfg = without_hydra(compose("config", overrides=job, return_hydra_config=True))
+            try:
+                validate(cfg)
+                runnable = True
+            except ConfigError as err:  # the sweep runs and records this job FAILED
                 refusals.append(str(err))
+        if runnable or not refusals:
+            return None
         if len(refusals) > 1:
             return f"{refusals[0]} (and so is every other job of the sweep)"
-        return refusals[0] if refusals else None
+        return refusals[0]
 
 
 def without_hydra(cfg: DictConfig) -> DictConfig:

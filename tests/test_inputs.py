@@ -83,6 +83,8 @@ def test_a_sweep_runs_when_some_jobs_can_and_is_refused_when_none_can(tiny_data)
     assert first_problem([*base, "optim.lr=1e-3,-1"]) is None  # the bad job is recorded FAILED
     problem = first_problem([*base, "optim.lr=-1,-2"])
     assert problem.startswith("optim.lr=-1.0 is not allowed") and "every other job" in problem
+    problem = first_problem([*base, "optim.lr=1e-3,abc"])  # Hydra would stop at the second job
+    assert problem.startswith("optim.lr=abc is not allowed: a number")
 
 
 @pytest.mark.slow
