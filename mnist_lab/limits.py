@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mnist_lab.errors import ConfigError
+from mnist_lab.identity import leaves
 
 INT64_MAX = 2**63 - 1
 DEVICES = ("auto", "cpu", "cuda")
@@ -190,14 +191,6 @@ def check_keys(node: DictConfig, prefix: str = "") -> None:
             check_keys(node[key], f"{prefix}{key}.")
 
 
-def flat(node: Any, prefix: str = ""):
-    for key, value in node.items():
-        if isinstance(value, dict):
-            yield from flat(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
 def peek_count(root: Path) -> int | None:
     """Number of training labels from the IDX header alone, or None if the file isn't readable."""
     for name in ("train-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte"):
@@ -216,7 +209,7 @@ def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value out of range. Reads only the labels file header."""
     check_keys(cfg)
     try:
-        values = dict(flat(OmegaConf.to_container(cfg, resolve=True)))
+        values = dict(leaves(OmegaConf.to_container(cfg, resolve=True)))
     except OmegaConfBaseException as err:  # an interpolation that does not resolve
         fail(getattr(err, "full_key", None) or "config", None, str(err).splitlines()[0])
     for key, value in values.items():

@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from conftest import ROOT, compose_config, make_dataset, run_lab, tiny_overrides
 from mnist_lab import job
 from mnist_lab.errors import DivergedError
+from mnist_lab.identity import leaves
 from mnist_lab.preflight import first_problem
 
 GROUPS = {group: sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
@@ -27,16 +28,9 @@ OUTSIDE = ("data.root", "data.download", "checkpoint.", "tracking.uri", "trackin
 
 
 def keys_of(overrides: list[str]) -> set[str]:
-    def walk(node, prefix=""):
-        for key, value in node.items():
-            if isinstance(value, dict):
-                yield from walk(value, f"{prefix}{key}.")
-            else:
-                yield f"{prefix}{key}"
-
     from omegaconf import OmegaConf
 
-    return set(walk(OmegaConf.to_container(compose_config(overrides))))
+    return {key for key, _ in leaves(OmegaConf.to_container(compose_config(overrides)))}
 
 
 KEYS = sorted(k for k in set().union(*(keys_of([f"{g}={o}"]) for g, opts in GROUPS.items()
