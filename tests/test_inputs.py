@@ -1,4 +1,4 @@
-"""Every bad input: one line naming the key (or file), the value and what is allowed; no work done."""
+"""Every bad input: one line naming the key or file, the value and what is allowed; no work done."""
 
 import os
 import struct
@@ -30,7 +30,8 @@ BAD_VALUES = [
     ("optim.lr=nan", "optim.lr", "finite"), ("optim.lr=inf", "optim.lr", "finite"),
     ("optim.lr=1e400", "optim.lr", "finite"),
     ("seed=1180591620717411303424", "seed", "2**63 - 1"),
-    ("model.hidden=[0]", "model.hidden", "from 1 to"), ("model.hidden=[-3]", "model.hidden", "from 1"),
+    ("model.hidden=[0]", "model.hidden", "from 1 to"),
+    ("model.hidden=[-3]", "model.hidden", "from 1"),
     ("model=cnn model.kernel_size=0", "model.kernel_size", "odd"),
     ("optim.betas=[2,0.9]", "optim.betas", "[0, 1)"),
     ("optim=sgd optim.momentum=-1", "optim.momentum", "[0, 1)"),
@@ -139,8 +140,8 @@ def test_a_read_only_store_fails_in_one_line_before_data_is_read(tiny_data, tmp_
     real_access = os.access
     for read_only in (db, db.parent):  # the file, then the folder SQLite writes its journal in
         db.touch()
-        monkeypatch.setattr(tracking.os, "access",
-                            lambda p, mode, ro=read_only: False if p == ro else real_access(p, mode))
+        monkeypatch.setattr(tracking.os, "access", lambda p, mode, ro=read_only:
+                            False if p == ro else real_access(p, mode))
         with pytest.raises(TrackingError, match="read-only"):
             job.run(compose_config(tracked(tiny_data, tmp_path)))
     assert loads == []
@@ -259,7 +260,8 @@ def predict(capsys, *args):
 
 
 def test_predict_refuses_bad_model_files_in_one_line(saved_model, tmp_path, capsys):
-    image, state, config = saved_model / "one.png", saved_model / "best.pth", saved_model / "config.yaml"
+    image, state = saved_model / "one.png", saved_model / "best.pth"
+    config = saved_model / "config.yaml"
     (tmp_path / "text.pth").write_text("hello")
     (tmp_path / "notes.yaml").write_text("{{{ not: yaml")
     (tmp_path / "other.yaml").write_text(config.read_text().replace("name: ffnn", "name: ffnn\n"
@@ -282,7 +284,7 @@ def test_predict_refuses_bad_model_files_in_one_line(saved_model, tmp_path, caps
 
 
 def png_claiming(path, width, height):
-    """A tiny PNG whose header claims width x height pixels: what a decompression bomb looks like."""
+    """A tiny PNG whose header claims width x height pixels, as a decompression bomb's does."""
     Image.new("L", (1, 1)).save(path)
     raw = bytearray(path.read_bytes())
     raw[16:24] = struct.pack(">II", width, height)
