@@ -5,6 +5,8 @@
     python run.py -m experiment=notebook
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -19,4 +21,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    from mnist_lab.preflight import check_command_line
+
+    check_command_line(sys.argv[1:])  # a bad override: one line, exit 2, no outputs/ folder
     main()

@@ -12,6 +12,7 @@ import math
 import os
 import pickle
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,10 @@ from mnist_lab.identity import config_key
 
 LAST = "last.ckpt"
 IDENTITY_KEYS = ("run_id", "config_key", "overrides")  # which run a checkpoint belongs to
+RESUME_KEYS = {"model", "optimizer", "scheduler", "rng", "epoch", "history", "best_epoch",
+               "best_val_loss", "best_state"}  # what TrainingState.restore reads
+ZIP_MAGIC = b"PK"  # torch.save's format since 1.6
+PICKLE_MAGIC = b"\x80\x02"  # the legacy format: a protocol-2 pickle
 
 
 def folder_for(cfg: DictConfig) -> Path:
@@ -103,14 +108,44 @@ def save_atomic(state: dict, path: Path) -> None:
 
 
 def load_safely(path: Path, map_location="cpu") -> dict:
-    """torch.load with weights_only=True; a file that carries pickled objects is refused."""
+    """torch.load with weights_only=True; a file that carries pickled objects is refused.
+
+    What a file is gets checked first, so each fault has its own line: missing, unreadable, not
+    a PyTorch file at all (text, /etc/passwd), a zip archive cut short, or unsafe pickles.
+    """
+    path = Path(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with open(path, "rb") as f:
+            head = f.read(2)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+    except OSError as err:
+        raise CheckpointError(f"{path}: unreadable ({err.strerror})") from None
+    if head == ZIP_MAGIC and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: truncated or incomplete (its zip archive has no end); "
+                              "the write was cut short: use an earlier copy or train again")
+    if head not in (ZIP_MAGIC, PICKLE_MAGIC):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither the zip archive "
+                              "torch.save writes nor a legacy pickle)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: refused to load: it is not a plain tensor checkpoint "
                               f"({first}). Only files of tensors and plain values load; a file "
                               "that needs arbitrary pickled objects may run code, so it is "
                               "never unpickled") from None
+    except Exception as err:  # torch's readers raise RuntimeError, KeyError, EOFError, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: corrupt, cannot be loaded ({type(err).__name__}: "
+                              f"{first[:200]})") from None
+
+
+def load_last(path: Path) -> dict:
+    """A `last.ckpt` to resume from: loaded safely and holding everything `restore` reads."""
+    state = load_safely(path)
+    missing = RESUME_KEYS - set(state) if isinstance(state, dict) else RESUME_KEYS
+    if missing:
+        raise CheckpointError(f"{path}: not a resumable checkpoint (it lacks "
+                              f"{', '.join(sorted(missing))}); resume=false starts afresh")
+    return state

@@ -8,7 +8,7 @@ import sys
 
 from omegaconf import DictConfig
 
-from mnist_lab.errors import LabError, TrackingError
+from mnist_lab.errors import DivergedError, LabError, TrackingError
 from mnist_lab.schema import validate
 
 WORST_OBJECTIVE = math.inf  # what a sweeper sees for a failed job (the objective is minimised)
@@ -44,6 +44,12 @@ def train(cfg: DictConfig) -> float:
             return WORST_OBJECTIVE
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except DivergedError as err:  # the FAILED run keeps the traceback; the user needs one line
+        if is_multirun():
+            print(f"job failed: {err}", file=sys.stderr)
+            return WORST_OBJECTIVE
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     except Exception as err:
         if not is_multirun():
             raise

@@ -50,6 +50,9 @@ def read_idx(path: Path, expected_magic: int | None = None) -> IdxFile:
             raw = gzip.decompress(raw)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except PermissionError:
+        raise DataError(f"{path}: unreadable (permission denied); give this user read access "
+                        "or point data.root at a readable copy") from None
     except (OSError, EOFError, gzip.BadGzipFile) as err:
         raise DataError(f"{path}: cannot decompress ({err}); the file is truncated or corrupt, "
                         "replace it with a fresh copy") from None

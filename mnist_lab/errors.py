@@ -22,3 +22,10 @@ class TrackingError(LabError, RuntimeError):
 
 class CheckpointError(LabError, RuntimeError):
     """A checkpoint or state_dict can't be loaded safely."""
+
+
+class DivergedError(RuntimeError):
+    """The training loss became non-finite or exploded past `train.divergence_loss`.
+
+    Not bad input (training had started): a single run reports it in one line, exit status 1.
+    """

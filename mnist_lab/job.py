@@ -102,7 +102,7 @@ def find_resume(cfg: DictConfig) -> dict | None:
                               "without resume first, or pass resume=RUN_ID")
     else:
         path = tracking.checkpoint_of(cfg, str(cfg.resume))
-    state = checkpoint.load_safely(path)
+    state = checkpoint.load_last(path)
     if state.get("config_key") != config_key(cfg):
         raise ConfigError(f"resume={cfg.resume}: the checkpoint {path} was made with another "
                           f"config ({state.get('overrides') or 'no overrides'}); pass the same "
@@ -151,8 +151,12 @@ def stop_check(received: list[int]):
 def run(cfg: DictConfig) -> float:
     """Train and evaluate one configuration; return the best validation loss (the objective)."""
     validate(cfg)
+    tracking.check_store(cfg.tracking)  # file checks only: a read-only store answers at once
     resume_state = find_resume(cfg)
-    run_tracker = tracking.open_run(cfg)  # fails fast on a bad store, before any data is read
+    # inputs before the store: opening MLflow takes seconds, a bad data file answers in one
+    data = load_mnist(cfg.data.root, cfg.data.val_size, split_seed(cfg), cfg.data.limit,
+                      cfg.data.download, cfg.data.verify)
+    run_tracker = tracking.open_run(cfg)
     with run_tracker, stop_signals() as received:
         threads = job_threads(cfg)
         if threads:
@@ -163,8 +167,7 @@ def run(cfg: DictConfig) -> float:
         torch.set_flush_denormal(True)
         device = pick_device(cfg.device)
         seed_everything(cfg.seed, cfg.deterministic, device)
-        data = load_mnist(cfg.data.root, cfg.data.val_size, split_seed(cfg), cfg.data.limit,
-                          cfg.data.download, cfg.data.verify).to(device)
+        data = data.to(device)
         model = build_model(cfg).to(device)
         steps_per_epoch = -(-len(data.train_images) // cfg.train.batch_size)
         state = TrainingState.fresh(model, *build_optimizer(cfg, model, steps_per_epoch), cfg.seed)

@@ -13,6 +13,10 @@ import sys
 from pathlib import Path
 
 
+MAX_PIXELS = 40_000_000  # three 12-megapixel phone photos; a decompression bomb is refused
+WORKING_SIDE = 1024  # larger images are shrunk first: the digit ends up 20 pixels tall anyway
+
+
 class ImageError(ValueError):
     """A file is not a usable digit image; the message names the file."""
 
@@ -21,13 +25,25 @@ def to_mnist(path: Path) -> torch.Tensor:
     """A (28, 28) float tensor in [0, 1], white digit on black, centred by mass."""
     import numpy as np
     import torch
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
+    bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # checked below, with sizes
     try:
-        with Image.open(path) as image:
-            gray = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+        with Image.open(path) as image:  # reads the header only: the size is known before decoding
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(f"{path}: {width}x{height} pixels is more than the "
+                                 f"{MAX_PIXELS:,} predict reads; scale it down first")
+            image.draft("L", (WORKING_SIDE, WORKING_SIDE))  # JPEG: decode at a reduced scale
+            small = image.convert("L")
+        small.thumbnail((WORKING_SIDE, WORKING_SIDE))
+        gray = np.asarray(small, dtype=np.float32) / 255.0
+    except ImageError:
+        raise
+    except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, ... by format
         raise ImageError(f"{path}: not a readable image ({err.__class__.__name__})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     background = float(np.median(border))
     if background > 0.5:  # dark digit on a light page

@@ -1,27 +1,23 @@
-"""Typed config schemas, registered in Hydra's ConfigStore, and the range checks types can't express.
+"""Typed config schemas, registered in Hydra's ConfigStore.
 
 Types and key names are enforced by OmegaConf when Hydra composes (a misspelt key or a string
-where a number belongs fails there); `validate` then checks values, so every bad config fails
-before any data is read or any MLflow run is created. Importing this module must stay cheap: it
-runs on every `python run.py --help`.
+where a number belongs fails there); `validate` (mnist_lab/limits.py) then checks values, so
+every bad config fails before any data is read or any MLflow run is created. Importing this
+module must stay cheap: it runs on every `python run.py --help`.
 """
 
 from __future__ import annotations
 
-import gzip
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, OmegaConf
 
-from mnist_lab.errors import ConfigError
+from mnist_lab.errors import ConfigError  # noqa: F401  (callers import it from here)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEVICES = ("auto", "cpu", "cuda")
-PROGRESS = ("auto", "bar", "lines", "off")
 
 if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
@@ -175,6 +171,7 @@ class TrainConf:
     batch_size: int = 20
     progress: str = "auto"  # auto: a bar on a terminal, one line per epoch otherwise
     label_smoothing: float = 0.0
+    divergence_loss: float = 100.0  # a training loss above this (chance is ln 10) is divergence
 
 
 @dataclass
@@ -243,71 +240,5 @@ def register() -> None:
 register()
 
 
-# --- value checks ------------------------------------------------------------------------------
-def _fail(key: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
-
-
-def peek_count(root: Path) -> int | None:
-    """Number of training labels from the IDX header alone, or None if the file isn't readable."""
-    for name in ("train-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte"):
-        path = root / name
-        if path.is_file():
-            try:
-                opener = gzip.open if name.endswith(".gz") else open
-                with opener(path, "rb") as f:
-                    return struct.unpack(">II", f.read(8))[1]
-            except (OSError, EOFError, struct.error):
-                return None  # the loader reports the corruption with its own message
-    return None
-
-
-def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first value out of range. Reads only the labels file header."""
-    if not isinstance(cfg.resume, (bool, str)) or cfg.resume == "":
-        _fail("resume", cfg.resume, "false, true or the MLflow run id of the run to continue")
-    if cfg.device not in DEVICES:
-        _fail("device", cfg.device, f"one of {', '.join(DEVICES)}")
-    if cfg.threads < 0:
-        _fail("threads", cfg.threads, "0 (torch's default) or a positive thread count")
-    if cfg.train.progress not in PROGRESS:
-        _fail("train.progress", cfg.train.progress, f"one of {', '.join(PROGRESS)}")
-    if cfg.optim.lr <= 0:
-        _fail("optim.lr", cfg.optim.lr, "a learning rate > 0")
-    if cfg.optim.weight_decay < 0:
-        _fail("optim.weight_decay", cfg.optim.weight_decay, "a value >= 0")
-    if not 0 <= cfg.dropout.p < 1:
-        _fail("dropout.p", cfg.dropout.p, "a probability in [0, 1)")
-    if cfg.sched.interval not in ("epoch", "step"):
-        _fail("sched.interval", cfg.sched.interval, "epoch or step")
-    if cfg.train.epochs < 1:
-        _fail("train.epochs", cfg.train.epochs, "at least 1")
-    if cfg.train.batch_size < 1:
-        _fail("train.batch_size", cfg.train.batch_size, "at least 1")
-    if cfg.eval.batch_size < 1:
-        _fail("eval.batch_size", cfg.eval.batch_size, "at least 1")
-    if not 0 <= cfg.train.label_smoothing < 1:
-        _fail("train.label_smoothing", cfg.train.label_smoothing, "a value in [0, 1)")
-    if cfg.data.augment and (cfg.data.rotate_degrees < 0 or cfg.data.shift_pixels < 0):
-        _fail("data.rotate_degrees/data.shift_pixels",
-              f"{cfg.data.rotate_degrees}/{cfg.data.shift_pixels}", "values >= 0")
-    if cfg.data.limit is not None and cfg.data.limit < 1:
-        _fail("data.limit", cfg.data.limit, "null (all) or at least 1")
-    if cfg.data.val_size <= 0:
-        _fail("data.val_size", cfg.data.val_size, "at least 1")
-    total = peek_count(Path(cfg.data.root))
-    if total is not None:
-        if cfg.data.val_size >= total:
-            _fail("data.val_size", cfg.data.val_size,
-                  f"smaller than the {total} training images in {cfg.data.root}")
-        train_size = total - cfg.data.val_size
-        if cfg.data.limit is not None:
-            train_size = min(train_size, cfg.data.limit)
-        if cfg.train.batch_size > train_size:
-            _fail("train.batch_size", cfg.train.batch_size,
-                  f"at most the training set's {train_size} images")
-    if cfg.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            _fail("device", "cuda", "auto or cpu: this machine has no CUDA device")
+# --- value checks: their home is mnist_lab/limits.py; imported here, where callers look first --
+from mnist_lab.limits import peek_count, validate  # noqa: E402, F401

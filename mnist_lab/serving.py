@@ -22,11 +22,29 @@ class ModelSourceError(RuntimeError):
 def model_from_files(config_path: Path, state_path: Path) -> tuple[torch.nn.Module, DictConfig]:
     """The model that a logged config.yaml builds, with best.pth loaded (weights_only)."""
     from mnist_lab.checkpoint import load_safely
+    from mnist_lab.errors import CheckpointError
     from mnist_lab.models import build_model
 
-    cfg = load_logged_config(config_path)
-    model = build_model(cfg)
-    model.load_state_dict(load_safely(state_path))
+    def first_line(err: Exception) -> str:
+        text = str(err).strip()
+        return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
+
+    if not config_path.is_file():
+        raise ModelSourceError(f"{config_path}: config file not found")
+    try:
+        cfg = load_logged_config(config_path)
+        model = build_model(cfg)
+    except Exception as err:  # YAML errors, keys the schema lacks, values that build nothing
+        raise ModelSourceError(f"{config_path}: not a run's config.yaml "
+                               f"({first_line(err)})") from None
+    try:
+        model.load_state_dict(load_safely(state_path))
+    except CheckpointError as err:
+        raise ModelSourceError(str(err)) from None
+    except Exception as err:  # another architecture, or not a state_dict at all
+        raise ModelSourceError(f"{state_path}: does not fit the {cfg.model.name} model that "
+                               f"{config_path} describes (another run's checkpoint?): "
+                               f"{first_line(err)}") from None
     return model.eval(), cfg
 
 

@@ -21,6 +21,7 @@ from mnist_lab.schema import PROJECT_ROOT
 
 PARENT_ID_FILE = "mlflow_parent_run_id"  # in the sweep folder, written by the sweep callback
 STATUS_FOR = {KeyboardInterrupt: "KILLED", SystemExit: "KILLED"}
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
 
 def resolve_uri(tracking: DictConfig) -> str:
@@ -29,6 +30,37 @@ def resolve_uri(tracking: DictConfig) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
+
+
+def check_store(tracking: DictConfig) -> None:
+    """The file checks of opening a local SQLite store, made before any data is read: the file is
+    an SQLite database, and it and its folder can be written (SQLite writes a journal beside it).
+    Without them a read-only store fails only at the first write, after minutes of retries."""
+    uri = resolve_uri(tracking)
+    if not tracking.enabled or not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri[len("sqlite:///"):])
+    hint = "set tracking.uri (or MLFLOW_TRACKING_URI) to a writable store, or use tracking=off"
+    if db.is_dir():
+        raise TrackingError(f"MLflow store {uri}: {db} is a folder, not a database file; {hint}")
+    if db.is_file():
+        try:
+            with open(db, "rb") as f:
+                header = f.read(len(SQLITE_HEADER))
+        except OSError as err:
+            raise TrackingError(f"MLflow store {uri} cannot be read ({err.strerror}); "
+                                f"{hint}") from None
+        if header and header != SQLITE_HEADER:
+            raise TrackingError(f"MLflow store {uri} is not an SQLite database (corrupt, or another "
+                                f"kind of file); move it away or {hint}")
+        if not os.access(db, os.W_OK):
+            raise TrackingError(f"MLflow store {uri} is read-only; {hint}")
+    folder = db.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the folder that connect() will create the rest under
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TrackingError(f"MLflow store {uri}: the folder {folder} is read-only (SQLite writes "
+                            f"its journal beside the database); {hint}")
 
 
 def connect(tracking: DictConfig):
@@ -68,7 +100,8 @@ def connect(tracking: DictConfig):
     except TrackingError:
         raise
     except Exception as err:
-        raise TrackingError(f"MLflow store {uri} failed: {err}; {hint}") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrackingError(f"MLflow store {uri} failed: {reason}; {hint}") from None  # no SQL
 
 
 def client_for(uri: str | None, experiment: str = "mnist-lab"):

@@ -15,12 +15,9 @@ from torch import nn
 from mnist_lab.augment import random_affine
 from mnist_lab.checkpoint import TrainingState
 from mnist_lab.data import MNIST, batches
+from mnist_lab.errors import DivergedError
 from mnist_lab.evaluate import evaluate
 from mnist_lab.schema import EvalConf
-
-
-class DivergedError(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 @dataclass
@@ -32,6 +29,7 @@ class Recipe:
     sched_interval: str = "epoch"  # scheduler.step() after each "epoch" or each "step"
     eval_batch_size: int = EvalConf.batch_size
     label_smoothing: float = 0.0
+    divergence_loss: float = math.inf  # a step's loss above this (or non-finite) stops training
     augment: tuple[float, float] | None = None  # (max rotation degrees, max shift pixels)
     progress: str = "off"
 
@@ -40,7 +38,8 @@ class Recipe:
         augment = (cfg.data.rotate_degrees, cfg.data.shift_pixels) if cfg.data.augment else None
         return cls(epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
                    sched_interval=cfg.sched.interval, eval_batch_size=cfg.eval.batch_size,
-                   label_smoothing=cfg.train.label_smoothing, augment=augment,
+                   label_smoothing=cfg.train.label_smoothing,
+                   divergence_loss=cfg.train.divergence_loss, augment=augment,
                    progress=cfg.train.progress)
 
 
@@ -56,9 +55,11 @@ def train_epoch(model: nn.Module, data: MNIST, optimizer: torch.optim.Optimizer,
     step_scheduler = scheduler is not None and recipe.sched_interval == "step"
     device = data.train_images.device
     # Summed on the device and read once per epoch: a .item() per step would stall a GPU on
-    # every batch. The first non-finite step is tracked the same way, without a host sync.
+    # every batch. The first diverged step (a loss that is non-finite or far above chance
+    # level) and its loss are tracked the same way, without a host sync.
     loss_sum = torch.zeros((), device=device)
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
+    bad_loss = torch.zeros((), device=device)
     steps = batches(data.train_images, data.train_labels, recipe.batch_size, generator)
     if show_progress(recipe.progress):
         from tqdm import tqdm
@@ -76,11 +77,16 @@ def train_epoch(model: nn.Module, data: MNIST, optimizer: torch.optim.Optimizer,
             scheduler.step()
         loss = loss.detach()
         loss_sum += loss * len(y)
-        first_bad = torch.where((first_bad < 0) & ~loss.isfinite(), step, first_bad)
+        diverged = (first_bad < 0) & ~(loss <= recipe.divergence_loss)  # NaN compares false
+        first_bad = torch.where(diverged, step, first_bad)
+        bad_loss = torch.where(diverged, loss, bad_loss)
     bad_step = int(first_bad)
     if bad_step >= 0:
-        raise DivergedError(f"training loss became non-finite in epoch {epoch} at step "
-                            f"{bad_step}; lower optim.lr or check the data")
+        value = float(bad_loss)
+        what = ("non-finite" if not math.isfinite(value) else
+                f"{value:.3g}, above train.divergence_loss={recipe.divergence_loss:g}")
+        raise DivergedError(f"training loss became {what} in epoch {epoch} at step {bad_step}; "
+                            "lower optim.lr (or try another init) and run again")
     return loss_sum.item() / len(data.train_images)
 
 

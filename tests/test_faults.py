@@ -134,7 +134,7 @@ def test_divergence_names_epoch_and_step_and_fails_the_run(tiny_data, tmp_path):
     with pytest.raises(DivergedError, match=r"epoch 1 at step \d+"):
         job.run(cfg)
     (run,) = runs_in(store(tmp_path))
-    assert run.info.status == "FAILED" and "non-finite" in run.data.tags["error"]
+    assert run.info.status == "FAILED" and "training loss became" in run.data.tags["error"]
 
 
 def test_crafted_pickle_checkpoint_is_refused(tmp_path):
@@ -305,7 +305,7 @@ def test_a_diverging_job_in_a_sweep_fails_alone(tiny_data, tmp_path):
          "optim=sgd", "optim.lr=0.01,1e12", "dropout=none", f"hydra.sweep.dir={tmp_path}/s"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "job failed" in result.stderr and "non-finite" in result.stderr
+    assert "job failed" in result.stderr and "training loss became" in result.stderr
     runs = runs_in(store(tmp_path))
     parent = next(r for r in runs if r.data.tags.get("sweep") == "true")
     children = {r.data.params.get("optim.lr"): r for r in runs if r is not parent}

@@ -118,7 +118,7 @@ def test_a_store_that_cannot_open_fails_before_training(tiny_data, tmp_path):
     result = run_lab([*tiny_overrides(tiny_data), "tracking=local", f"tracking.uri=sqlite:///{bad}",
                       f"hydra.run.dir={tmp_path}/o"])
     assert result.returncode == 2, result.stderr
-    assert f"MLflow store sqlite:///{bad} failed" in result.stderr
+    assert f"MLflow store sqlite:///{bad} is not an SQLite database" in result.stderr
     assert "epoch" not in result.stdout
     assert bad.read_bytes().startswith(b"this is not")  # left as it was
 
