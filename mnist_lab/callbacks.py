@@ -18,6 +18,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from mnist_lab.errors import ConfigError
+from mnist_lab.study import check, is_optuna_sweep
 from mnist_lab.tracking import PARENT_ID_FILE
 
 SUMMARY_METRICS = ("best/val_loss", "val/acc", "test/acc", "test/loss", "best_epoch")
@@ -28,6 +30,13 @@ class MlflowSweepCallback(Callback):
         self.parent_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        optuna = is_optuna_sweep(config)
+        if optuna:  # a bad hydra.sweeper key stops here, before the store is touched
+            try:
+                check(config.hydra.sweeper)
+            except ConfigError as err:
+                print(f"error: {err}", file=sys.stderr)
+                sys.exit(2)
         if not config.tracking.enabled:
             return
         from mnist_lab.provenance import git_state
@@ -40,18 +49,22 @@ class MlflowSweepCallback(Callback):
         tags = {"sweep": "true", "sweep.dir": str(sweep_dir),
                 "hydra.overrides": " ".join(config.hydra.overrides.task) or "(none)",
                 **git_state()}
-        self.parent_id = client.create_run(experiment_id, run_name=f"{name}-{sweep_dir.name}",
-                                           tags=tags).info.run_id
+        if optuna:
+            self.parent_id = study_parent(config, client, experiment_id, name, tags)
+        else:
+            self.parent_id = client.create_run(experiment_id, run_name=f"{name}-{sweep_dir.name}",
+                                               tags=tags).info.run_id
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_ID_FILE).write_text(self.parent_id)
         # Ctrl-C or a crash skips on_multirun_end; the parent must not stay RUNNING then.
         atexit.register(self._close, client, "KILLED")
         print(f"MLflow parent run {self.parent_id} for this sweep")
 
-    def _close(self, client, status: str) -> None:
-        if self.parent_id is not None:
+    def _close(self, client, status: str | None) -> None:
+        """End the parent with `status`; None leaves it running for another process."""
+        if self.parent_id is not None and status is not None:
             client.set_terminated(self.parent_id, status)
-            self.parent_id = None
+        self.parent_id = None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_id is None:
@@ -63,8 +76,45 @@ class MlflowSweepCallback(Callback):
         try:
             summarise(client, self.parent_id)
             status = "FINISHED"
+            if is_optuna_sweep(config) and study_still_running(config):
+                status = None  # the last process of the study to finish ends its parent
         finally:
             self._close(client, status)
+
+
+def study_parent(config: DictConfig, client, experiment_id: str, name: str,
+                 tags: dict[str, str]) -> str:
+    """The one parent run of an Optuna study, however many processes join it: found by the
+    study's name and storage, created by whichever process comes first, reopened by the rest."""
+    from mnist_lab import study
+
+    url = study.storage_url(config.hydra.sweeper, config.tracking)
+    study_name = study.study_name(config.hydra.sweeper, config.hydra)
+    tags = {**tags, "optuna.study": study_name, "optuna.storage": study.shown(url)}
+    with study.exclusive(url, study_name):
+        found = client.search_runs(
+            [experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
+            filter_string=f"tags.`optuna.study` = '{study_name}' and "
+                          f"tags.`optuna.storage` = '{tags['optuna.storage']}'")
+        if not found:
+            label = config.hydra.sweeper.study_name or Path(config.hydra.sweep.dir).name
+            run = client.create_run(experiment_id, run_name=f"{name}-{label}", tags=tags)
+            return run.info.run_id
+    parent_id = found[0].info.run_id
+    client.update_run(parent_id, status="RUNNING")
+    print(f"joining study {study_name!r}: its MLflow parent run is {parent_id}")
+    return parent_id
+
+
+def study_still_running(config: DictConfig) -> bool:
+    """Whether other processes are still running trials of this sweep's Optuna study."""
+    from optuna.trial import TrialState
+
+    from mnist_lab import study
+
+    storage = study.open_storage(study.storage_url(config.hydra.sweeper, config.tracking))
+    study_id = storage.get_study_id_from_name(study.study_name(config.hydra.sweeper, config.hydra))
+    return bool(storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)))
 
 
 def children(client, parent_id: str) -> list:
@@ -80,6 +130,9 @@ def summary_rows(runs: list, swept: list[str]) -> list[dict]:
     rows = []
     for run in runs:
         row = {"run": run.info.run_name, "run_id": run.info.run_id, "status": run.info.status}
+        if "optuna.trial" in run.data.tags:  # an Optuna sweep: which trial, pruned when
+            row["trial"] = int(run.data.tags["optuna.trial"])
+            row["pruned_epoch"] = run.data.tags.get("pruned_epoch", "")
         row.update({key: run.data.params.get(key, "") for key in swept})
         row.update({key: round(run.data.metrics[key], 6) if key in run.data.metrics else ""
                     for key in SUMMARY_METRICS})
@@ -132,8 +185,10 @@ def summarise(client, parent_id: str) -> None:
     rows = summary_rows(runs, swept)
     finished = [r for r in runs if r.info.status == "FINISHED" and
                 math.isfinite(r.data.metrics.get("best/val_loss", math.inf))]
+    pruned = [r for r in runs if r.data.tags.get("pruned") == "true"]
+    running = [r for r in runs if r.info.status == "RUNNING"]  # another process's trials
     spread = seed_spread(finished, swept)
-    failed = len(runs) - len(finished)
+    failed = len(runs) - len(finished) - len(pruned) - len(running)
     others = [k for k in swept if k != "seed"]
     comparison: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,8 +201,10 @@ def summarise(client, parent_id: str) -> None:
         curves = {r.info.run_name: metric_curve(client, r.info.run_id) for r in runs}
         overlay(curves, out / "sweep_val_loss.png", "val/loss", "validation loss per run")
         client.log_artifacts(parent_id, str(out))
-    client.set_tag(parent_id, "sweep.runs", str(len(runs)))
-    client.set_tag(parent_id, "sweep.failed", str(failed))
+    counts = {"runs": len(runs), "completed": len(finished), "pruned": len(pruned),
+              "failed": failed, "running": len(running)}
+    for key, count in counts.items():
+        client.set_tag(parent_id, f"sweep.{key}", str(count))
     if finished:
         best = min(finished, key=lambda r: r.data.metrics["best/val_loss"])
         client.set_tag(parent_id, "best_run_id", best.info.run_id)
@@ -159,7 +216,9 @@ def summarise(client, parent_id: str) -> None:
         for key, value in spread[0].items():
             if key.startswith("test/acc_") and math.isfinite(value):
                 client.log_metric(parent_id, key, value)
-    print(f"sweep summary: {len(runs)} runs, {failed} failed"
+    print(f"sweep summary: {len(runs)} runs: {len(finished)} completed"
+          + (f", {len(pruned)} pruned" if pruned else "") + f", {failed} failed"
+          + (f", {len(running)} still running" if running else "")
           + (f", best {best.info.run_name} ({best.info.run_id})" if finished else ""))
     for row in spread:
         where = ", ".join(f"{k}={row[k]}" for k in swept if k in row)

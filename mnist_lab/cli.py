@@ -8,7 +8,7 @@ import sys
 
 from omegaconf import DictConfig
 
-from mnist_lab.errors import LabError, TrackingError
+from mnist_lab.errors import LabError, TrackingError, TrialPruned
 from mnist_lab.schema import validate
 
 WORST_OBJECTIVE = math.inf  # what a sweeper sees for a failed job (the objective is minimised)
@@ -29,6 +29,9 @@ def train(cfg: DictConfig) -> float:
         from mnist_lab.job import run
 
         return run(cfg)
+    except TrialPruned as pruned:  # the Optuna sweeper reads it from the job's return
+        print(f"Optuna trial {pruned}", file=sys.stderr)
+        raise
     except KeyboardInterrupt:
         print(f"\ninterrupted: {resume_hint(cfg)}", file=sys.stderr)
         if is_multirun():
