@@ -74,10 +74,9 @@ class MlflowSweepCallback(Callback):
         client, _ = connect(config.tracking)
         status = "FAILED"
         try:
+            running = settle_study(config, client, self.parent_id) if is_optuna_sweep(config) else 0
             summarise(client, self.parent_id)
-            status = "FINISHED"
-            if is_optuna_sweep(config) and study_still_running(config):
-                status = None  # the last process of the study to finish ends its parent
+            status = "FINISHED" if not running else None  # the study's last process ends it
         finally:
             self._close(client, status)
 
@@ -106,15 +105,20 @@ def study_parent(config: DictConfig, client, experiment_id: str, name: str,
     return parent_id
 
 
-def study_still_running(config: DictConfig) -> bool:
-    """Whether other processes are still running trials of this sweep's Optuna study."""
-    from optuna.trial import TrialState
-
+def settle_study(config: DictConfig, client, parent_id: str) -> int:
+    """A trial whose process died (Optuna failed it: no heartbeat) left its MLflow run RUNNING:
+    mark that run FAILED too. Returns how many trials other processes are still running."""
     from mnist_lab import study
 
     storage = study.open_storage(study.storage_url(config.hydra.sweeper, config.tracking))
     study_id = storage.get_study_id_from_name(study.study_name(config.hydra.sweeper, config.hydra))
-    return bool(storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)))
+    states = {str(t.number): t.state.name for t in storage.get_all_trials(study_id, deepcopy=False)}
+    for run in children(client, parent_id):
+        if run.info.status == "RUNNING" and states.get(run.data.tags.get("optuna.trial")) == "FAIL":
+            client.set_tag(run.info.run_id, "error", "its process stopped: no heartbeat for "
+                           f"hydra.sweeper.grace_period={config.hydra.sweeper.grace_period} s")
+            client.set_terminated(run.info.run_id, "FAILED")
+    return sum(state == "RUNNING" for state in states.values())
 
 
 def children(client, parent_id: str) -> list:

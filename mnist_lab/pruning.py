@@ -2,8 +2,8 @@
 
 The sweeper (hydra_plugins/mnist_lab_optuna_sweeper) hands each job its study's name and trial
 number through the environment; the storage and pruner come from the job's own config
-(`hydra.sweeper`, `tracking`), so nothing is added to the user's config. Outside such a sweep `trial_hook` gives None and the loop
-runs as always.
+(`hydra.sweeper`, `tracking`), so nothing is added to the user's config. Outside such a sweep
+`trial_hook` gives None and the loop runs as always.
 """
 
 from __future__ import annotations

@@ -66,7 +66,6 @@ class OptunaSweeper(Sweeper):
         self.sampler, self.pruner = sampler, pruner
         self.config: Optional[DictConfig] = None
         self.launcher = None
-        self.job_idx = 0
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -132,8 +131,9 @@ class OptunaSweeper(Sweeper):
                 batch = [[*fixed, *(search_space.as_override(k, v) for k, v in t.params.items()),
                           search_space.as_override(f"+hydra.job.env_set.{studies.STUDY_ENV}", name),
                           f"+hydra.job.env_set.{studies.TRIAL_ENV}={t.number}"] for t in trials]
-                returns = self.launcher.launch(batch, initial_job_idx=self.job_idx)
-                self.job_idx += len(returns)
+                # a batch's numbers are consecutive (asked under the lock), so job number =
+                # trial number: workers sharing a sweep folder write to different subfolders
+                returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
                 for trial, ret in zip(trials, returns):
                     self.tell(study, trial.number, ret)
             except BaseException:  # Ctrl-C, or the launcher itself failed: these trials end
@@ -179,7 +179,7 @@ class OptunaSweeper(Sweeper):
         if not counts["COMPLETE"]:
             return
         best = study.best_trial
-        log.info(f"Best trial {best.number}: value {best.value}, parameters {best.params}")
+        log.info(f"Best value {best.value}: trial {best.number}, parameters {best.params}")
         results = {"name": "optuna", "study_name": study.study_name, "best_trial": best.number,
                    "best_params": best.params, "best_value": best.value,
                    "trials": {s.lower(): n for s, n in counts.items()}}
