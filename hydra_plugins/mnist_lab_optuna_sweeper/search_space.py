@@ -1,7 +1,8 @@
 """Hydra's sweep syntax to Optuna distributions, as Hydra's own Optuna sweeper reads it:
 
-    optim.lr=tag(log, interval(1e-4, 1e-2))   log-uniform float (int bounds: log-uniform int)
-    dropout.p=interval(0.0, 0.5)              uniform float (int bounds: uniform int)
+    optim.lr=tag(log, interval(1e-4, 1e-2))   log-uniform float
+    dropout.p=interval(0.0, 0.5)              uniform float
+    data.limit=int(interval(1000, 5000))      uniform int (Hydra reads interval's bounds as floats)
     train.batch_size=choice(32, 64, 128)      categorical
     train.epochs=range(2, 8, 2)               int (or float) grid 2, 4, 6; shuffle(...): categorical
 
