@@ -107,7 +107,8 @@ def test_pruning_stops_bad_trials_and_mlflow_agrees_with_optuna(tiny_data, tmp_p
 
 
 @pytest.mark.slow
-def test_two_workers_share_one_postgres_study_and_one_parent(tiny_data, tmp_path, postgres):  # noqa: F811
+def test_two_workers_share_one_postgres_study_and_one_parent(
+        tiny_data, tmp_path, postgres):  # noqa: F811  (the fixture imported above)
     url, _ = postgres
     command = optuna_sweep(tiny_data, tmp_path, "hydra.sweeper.n_trials=5",
                            f"hydra.sweeper.storage={url}")
@@ -136,9 +137,12 @@ def test_a_killed_worker_is_continued_by_the_same_command(tiny_data, tmp_path):
     deadline = time.monotonic() + 300
     while True:  # wait until trial 1 is mid-training, then kill its process outright
         assert time.monotonic() < deadline and worker.poll() is None
+        if not (tmp_path / "store" / "optuna.db").exists():
+            time.sleep(0.2)
+            continue
         try:
             trials = optuna.load_study(study_name="optuna_cnn", storage=storage).trials
-        except (KeyError, ValueError):  # the study is not created yet
+        except KeyError:  # the worker has not created the study yet
             trials = []
         if len(trials) == 2 and trials[1].intermediate_values:
             break

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat:
-    """Records a beat for each trial now and every `interval` seconds, until the block ends."""
+    """Records a beat for each trial every `interval` seconds until the block ends."""
 
     def __init__(self, storage, trial_ids: list[int], interval: float):
         self.storage, self.trial_ids, self.interval = storage, trial_ids, interval
@@ -47,8 +47,6 @@ class Heartbeat:
                 self.storage.record_heartbeat(trial_id)
 
     def __enter__(self):
-        for trial_id in self.trial_ids:
-            self.storage.record_heartbeat(trial_id)
         self.thread.start()
         return self
 
@@ -58,11 +56,9 @@ class Heartbeat:
 
 
 class OptunaSweeper(Sweeper):
-    def __init__(self, sampler: Any, pruner: Any, direction: str, storage: Optional[str],
-                 study_name: Optional[str], n_trials: int, n_jobs: int, heartbeat_interval: int,
-                 grace_period: int, params: Optional[DictConfig]) -> None:
-        # sampler and pruner arrive built by Hydra's instantiate; the rest is re-read from
-        # hydra.sweeper in setup, where the config is checked
+    def __init__(self, sampler: Any, pruner: Any, **settings: Any) -> None:
+        # sampler and pruner arrive built by Hydra's instantiate; the other keys are read from
+        # hydra.sweeper in setup, once they are checked
         self.sampler, self.pruner = sampler, pruner
         self.config: Optional[DictConfig] = None
         self.launcher = None
@@ -114,36 +110,46 @@ class OptunaSweeper(Sweeper):
             except ConfigError as err:
                 print(f"error: {err}", file=sys.stderr)
                 sys.exit(2)
-        study_id = storage.get_study_id_from_name(name)
         log.info(f"Optuna study {name!r} in {studies.shown(url)}: {settings.n_trials} trials, "
                  f"{type(self.sampler).__name__}, {type(self.pruner).__name__}")
-        while True:
-            with studies.exclusive(url, name):
-                optuna.storages.fail_stale_trials(study)  # trials of processes that died
-                size = min(settings.n_jobs, settings.n_trials - studies.spent(study))
-                if size <= 0:
-                    break
-                trials = [study.ask(space) for _ in range(size)]
-                ids = [storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-                       for t in trials]
-                beat = Heartbeat(storage, ids, settings.heartbeat_interval).__enter__()
-            try:
-                batch = [[*fixed, *(search_space.as_override(k, v) for k, v in t.params.items()),
+        while trials := self.ask(study, storage, url, space):
+            overrides = [[*fixed, *(search_space.as_override(k, v) for k, v in t.params.items()),
                           search_space.as_override(f"+hydra.job.env_set.{studies.STUDY_ENV}", name),
-                          f"+hydra.job.env_set.{studies.TRIAL_ENV}={t.number}"] for t in trials]
-                # a batch's numbers are consecutive (asked under the lock), so job number =
-                # trial number: workers sharing a sweep folder write to different subfolders
-                returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
-                for trial, ret in zip(trials, returns):
-                    self.tell(study, trial.number, ret)
-            except BaseException:  # Ctrl-C, or the launcher itself failed: these trials end
-                for trial, trial_id in zip(trials, ids):
-                    if storage.get_trial(trial_id).state == optuna.trial.TrialState.RUNNING:
-                        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-                raise
-            finally:
-                beat.__exit__()
+                          f"+hydra.job.env_set.{studies.TRIAL_ENV}={t.number}"]
+                         for t in trials.values()]
+            with Heartbeat(storage, list(trials), settings.heartbeat_interval):
+                try:
+                    # a batch's numbers are consecutive (asked under the lock), so job number =
+                    # trial number: workers sharing a sweep folder write to different subfolders
+                    returns = self.launcher.launch(
+                        overrides, initial_job_idx=min(t.number for t in trials.values()))
+                    for trial, ret in zip(trials.values(), returns):
+                        self.tell(study, trial.number, ret)
+                except BaseException:  # Ctrl-C, or the launcher failed: its trials end here
+                    for trial_id, trial in trials.items():
+                        if storage.get_trial(trial_id).state == optuna.trial.TrialState.RUNNING:
+                            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+                    raise
         self.report(study)
+
+    def ask(self, study, storage, url: str, space: dict) -> dict:
+        """The next batch of trials, by storage id: up to n_jobs, within the study's budget
+        after every process's trials so far. Empty when the budget is spent."""
+        import optuna
+
+        from mnist_lab import study as studies
+
+        with studies.exclusive(url, study.study_name):
+            optuna.storages.fail_stale_trials(study)  # the trials of processes that died
+            size = min(self.settings.n_jobs, self.settings.n_trials - studies.spent(study))
+            trials = {}
+            for _ in range(max(size, 0)):
+                trial = study.ask(space)
+                trial_id = storage.get_trial_id_from_study_id_trial_number(
+                    storage.get_study_id_from_name(study.study_name), trial.number)
+                storage.record_heartbeat(trial_id)  # alive from the start, never unwatched
+                trials[trial_id] = trial
+            return trials
 
     @staticmethod
     def tell(study, number: int, ret) -> None:
