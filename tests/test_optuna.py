@@ -166,3 +166,30 @@ def test_a_killed_worker_is_continued_by_the_same_command(tiny_data, tmp_path):
     third = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0 and "Launching" not in third.stdout
     assert len(optuna.load_study(study_name="optuna_cnn", storage=storage).trials) == 3
+
+
+@pytest.mark.slow
+def test_dashboard_serves_the_study_storage(tmp_path):
+    from test_tracking import free_port
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    optuna.create_study(study_name="optuna_cnn", storage=storage).enqueue_trial({"x": 1.0})
+    port = free_port()
+    board = subprocess.Popen([sys.executable, "-m", "mnist_lab.cli", "dashboard", "--storage",
+                              storage, "--port", str(port)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        import requests
+
+        deadline = time.monotonic() + 60
+        while True:
+            assert board.poll() is None and time.monotonic() < deadline
+            try:
+                studies = requests.get(f"http://127.0.0.1:{port}/api/studies", timeout=2).json()
+                break
+            except requests.ConnectionError:
+                time.sleep(0.3)
+        assert [s["study_name"] for s in studies["study_summaries"]] == ["optuna_cnn"]
+    finally:
+        board.terminate()
+        board.wait(timeout=30)
