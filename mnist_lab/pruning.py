@@ -26,10 +26,11 @@ class ReportToTrial:
         self.trial = trial
         self.tags = {"optuna.study": trial.study.study_name, "optuna.trial": str(trial.number)}
 
-    def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.trial.report(metrics[OBJECTIVE], epoch)
+    def __call__(self, state, metrics: dict[str, float]) -> None:
+        """Epoch callback (see train.fit)."""
+        self.trial.report(metrics[OBJECTIVE], state.epoch)
         if self.trial.should_prune():
-            raise TrialPruned(epoch)
+            raise TrialPruned(state.epoch)
 
 
 def trial_hook(cfg: DictConfig) -> ReportToTrial | None:

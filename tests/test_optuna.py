@@ -37,6 +37,28 @@ def test_search_space_reads_hydra_sweep_syntax():
     assert search_space.as_override("a", 0.5) == "a=0.5"
 
 
+def test_the_pruning_callback_reports_each_epoch_and_stops_when_told():
+    import pickle
+    from types import SimpleNamespace
+
+    from mnist_lab.errors import TrialPruned
+    from mnist_lab.pruning import ReportToTrial
+
+    # prune any trial whose value is above 1.0 from epoch 2 on
+    pruner = optuna.pruners.ThresholdPruner(upper=1.0, n_warmup_steps=2)
+    study = optuna.create_study(pruner=pruner)
+    hook = ReportToTrial(study.ask())
+    hook(SimpleNamespace(epoch=1), {"val/loss": 2.0})  # warm-up: reported, not pruned
+    hook(SimpleNamespace(epoch=2), {"val/loss": 0.5})
+    with pytest.raises(TrialPruned) as stopped:
+        hook(SimpleNamespace(epoch=3), {"val/loss": 1.5})
+    assert stopped.value.epoch == 3
+    assert study.trials[0].intermediate_values == {1: 2.0, 2: 0.5, 3: 1.5}
+    assert hook.tags == {"optuna.study": study.study_name, "optuna.trial": "0"}
+    # it travels back from joblib and submitit workers inside the JobReturn
+    assert pickle.loads(pickle.dumps(stopped.value)).epoch == 3
+
+
 def test_bad_sweeper_value_stops_with_one_line_and_no_run(tiny_data, tmp_path):
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
     result = run_lab([*tiny_overrides(tiny_data), "experiment=optuna_cnn", "tracking=local",
