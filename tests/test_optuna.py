@@ -145,8 +145,8 @@ def test_two_workers_share_one_postgres_study_and_one_parent(
     [parent] = parents
     assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
     assert parent.info.status == "FINISHED" and parent.data.tags["sweep.runs"] == "5"
-    launched = [out.count("Launching 1 jobs") for out in outputs]
-    assert sum(launched) == 5 and min(launched) >= 1, launched  # both did a share
+    # between them the two processes launched the budget once (alone, each would run 5)
+    assert sum(out.count("Launching 1 jobs") for out in outputs) == 5
 
 
 @pytest.mark.slow

@@ -102,8 +102,8 @@ class OptunaSweeper(Sweeper):
             sys.exit(2)
         url = studies.storage_url(settings, self.config.tracking)
         name = studies.study_name(settings, self.config.hydra)
-        storage = studies.open_storage(url, settings)
-        with studies.exclusive(url, name):
+        with studies.exclusive(url, name):  # the first process creates the tables, alone
+            storage = studies.open_storage(url, settings)
             try:
                 study = studies.open_study(storage, name, settings.direction, self.sampler,
                                            self.pruner)
