@@ -42,7 +42,6 @@ class MlflowSweepCallback(Callback):
         from mnist_lab.provenance import git_state
         from mnist_lab.tracking import connect
 
-        client, experiment_id = connect(config.tracking)
         sweep_dir = Path(config.hydra.sweep.dir)
         experiment = config.hydra.runtime.choices.get("experiment")
         name = f"sweep-{experiment}" if experiment else "sweep"
@@ -50,8 +49,9 @@ class MlflowSweepCallback(Callback):
                 "hydra.overrides": " ".join(config.hydra.overrides.task) or "(none)",
                 **git_state()}
         if optuna:
-            self.parent_id = study_parent(config, client, experiment_id, name, tags)
+            client, self.parent_id = study_parent(config, name, tags)
         else:
+            client, experiment_id = connect(config.tracking)
             self.parent_id = client.create_run(experiment_id, run_name=f"{name}-{sweep_dir.name}",
                                                tags=tags).info.run_id
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -81,28 +81,30 @@ class MlflowSweepCallback(Callback):
             self._close(client, status)
 
 
-def study_parent(config: DictConfig, client, experiment_id: str, name: str,
-                 tags: dict[str, str]) -> str:
-    """The one parent run of an Optuna study, however many processes join it: found by the
-    study's name and storage, created by whichever process comes first, reopened by the rest."""
+def study_parent(config: DictConfig, name: str, tags: dict[str, str]):
+    """(client, the one parent run of an Optuna study), however many processes join it: found
+    by the study's name and storage, created by whichever process comes first, reopened by the
+    rest. One process at a time, from opening the store on: processes started together on a
+    new SQLite store would otherwise all run MLflow's table migrations at once."""
     from mnist_lab import study
+    from mnist_lab.tracking import connect
 
     url = study.storage_url(config.hydra.sweeper, config.tracking)
     study_name = study.study_name(config.hydra.sweeper, config.hydra)
     tags = {**tags, "optuna.study": study_name, "optuna.storage": study.shown(url)}
     with study.exclusive(url, study_name):
+        client, experiment_id = connect(config.tracking)
         found = client.search_runs(
             [experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
             filter_string=f"tags.`optuna.study` = '{study_name}' and "
                           f"tags.`optuna.storage` = '{tags['optuna.storage']}'")
         if not found:
             label = config.hydra.sweeper.study_name or Path(config.hydra.sweep.dir).name
-            run = client.create_run(experiment_id, run_name=f"{name}-{label}", tags=tags)
-            return run.info.run_id
-    parent_id = found[0].info.run_id
-    client.update_run(parent_id, status="RUNNING")
-    print(f"joining study {study_name!r}: its MLflow parent run is {parent_id}")
-    return parent_id
+            return client, client.create_run(experiment_id, run_name=f"{name}-{label}",
+                                              tags=tags).info.run_id
+        client.update_run(found[0].info.run_id, status="RUNNING")
+    print(f"joining study {study_name!r}: its MLflow parent run is {found[0].info.run_id}")
+    return client, found[0].info.run_id
 
 
 def settle_study(config: DictConfig, client, parent_id: str) -> int:
