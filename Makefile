@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast ui bench clean
+.PHONY: run test test-fast ui dashboard bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 \
 	  --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 	  --default-artifact-root $(CURDIR)/mlruns/artifacts
+
+dashboard: $(STAMP)
+	$(PY) -m mnist_lab.cli dashboard $(ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py $(ARGS)

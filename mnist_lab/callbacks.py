@@ -18,6 +18,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from mnist_lab.errors import ConfigError
+from mnist_lab.study import check, is_optuna_sweep
 from mnist_lab.tracking import PARENT_ID_FILE
 
 SUMMARY_METRICS = ("best/val_loss", "val/acc", "test/acc", "test/loss", "best_epoch")
@@ -28,30 +30,41 @@ class MlflowSweepCallback(Callback):
         self.parent_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        optuna = is_optuna_sweep(config)
+        if optuna:  # a bad hydra.sweeper key stops here, before the store is touched
+            try:
+                check(config.hydra.sweeper)
+            except ConfigError as err:
+                print(f"error: {err}", file=sys.stderr)
+                sys.exit(2)
         if not config.tracking.enabled:
             return
         from mnist_lab.provenance import git_state
         from mnist_lab.tracking import connect
 
-        client, experiment_id = connect(config.tracking)
         sweep_dir = Path(config.hydra.sweep.dir)
         experiment = config.hydra.runtime.choices.get("experiment")
         name = f"sweep-{experiment}" if experiment else "sweep"
         tags = {"sweep": "true", "sweep.dir": str(sweep_dir),
                 "hydra.overrides": " ".join(config.hydra.overrides.task) or "(none)",
                 **git_state()}
-        self.parent_id = client.create_run(experiment_id, run_name=f"{name}-{sweep_dir.name}",
-                                           tags=tags).info.run_id
+        if optuna:
+            client, self.parent_id = study_parent(config, name, tags)
+        else:
+            client, experiment_id = connect(config.tracking)
+            self.parent_id = client.create_run(experiment_id, run_name=f"{name}-{sweep_dir.name}",
+                                               tags=tags).info.run_id
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_ID_FILE).write_text(self.parent_id)
         # Ctrl-C or a crash skips on_multirun_end; the parent must not stay RUNNING then.
         atexit.register(self._close, client, "KILLED")
         print(f"MLflow parent run {self.parent_id} for this sweep")
 
-    def _close(self, client, status: str) -> None:
-        if self.parent_id is not None:
+    def _close(self, client, status: str | None) -> None:
+        """End the parent with `status`; None leaves it running for another process."""
+        if self.parent_id is not None and status is not None:
             client.set_terminated(self.parent_id, status)
-            self.parent_id = None
+        self.parent_id = None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_id is None:
@@ -61,10 +74,53 @@ class MlflowSweepCallback(Callback):
         client, _ = connect(config.tracking)
         status = "FAILED"
         try:
+            running = settle_study(config, client, self.parent_id) if is_optuna_sweep(config) else 0
             summarise(client, self.parent_id)
-            status = "FINISHED"
+            status = "FINISHED" if not running else None  # the study's last process ends it
         finally:
             self._close(client, status)
+
+
+def study_parent(config: DictConfig, name: str, tags: dict[str, str]):
+    """(client, the one parent run of an Optuna study), however many processes join it: found
+    by the study's name and storage, created by whichever process comes first, reopened by the
+    rest. One process at a time, from opening the store on: processes started together on a
+    new SQLite store would otherwise all run MLflow's table migrations at once."""
+    from mnist_lab import study
+    from mnist_lab.tracking import connect
+
+    url = study.storage_url(config.hydra.sweeper, config.tracking)
+    study_name = study.study_name(config.hydra.sweeper, config.hydra)
+    tags = {**tags, "optuna.study": study_name, "optuna.storage": study.shown(url)}
+    with study.exclusive(url, study_name):
+        client, experiment_id = connect(config.tracking)
+        found = client.search_runs(
+            [experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
+            filter_string=f"tags.`optuna.study` = '{study_name}' and "
+                          f"tags.`optuna.storage` = '{tags['optuna.storage']}'")
+        if not found:
+            label = config.hydra.sweeper.study_name or Path(config.hydra.sweep.dir).name
+            return client, client.create_run(experiment_id, run_name=f"{name}-{label}",
+                                              tags=tags).info.run_id
+        client.update_run(found[0].info.run_id, status="RUNNING")
+    print(f"joining study {study_name!r}: its MLflow parent run is {found[0].info.run_id}")
+    return client, found[0].info.run_id
+
+
+def settle_study(config: DictConfig, client, parent_id: str) -> int:
+    """A trial whose process died (Optuna failed it: no heartbeat) left its MLflow run RUNNING:
+    mark that run FAILED too. Returns how many trials other processes are still running."""
+    from mnist_lab import study
+
+    storage = study.open_storage(study.storage_url(config.hydra.sweeper, config.tracking))
+    study_id = storage.get_study_id_from_name(study.study_name(config.hydra.sweeper, config.hydra))
+    states = {str(t.number): t.state.name for t in storage.get_all_trials(study_id, deepcopy=False)}
+    for run in children(client, parent_id):
+        if run.info.status == "RUNNING" and states.get(run.data.tags.get("optuna.trial")) == "FAIL":
+            client.set_tag(run.info.run_id, "error", "its process stopped: no heartbeat for "
+                           f"hydra.sweeper.grace_period={config.hydra.sweeper.grace_period} s")
+            client.set_terminated(run.info.run_id, "FAILED")
+    return sum(state == "RUNNING" for state in states.values())
 
 
 def children(client, parent_id: str) -> list:
@@ -80,6 +136,9 @@ def summary_rows(runs: list, swept: list[str]) -> list[dict]:
     rows = []
     for run in runs:
         row = {"run": run.info.run_name, "run_id": run.info.run_id, "status": run.info.status}
+        if "optuna.trial" in run.data.tags:  # an Optuna sweep: which trial, pruned when
+            row["trial"] = int(run.data.tags["optuna.trial"])
+            row["pruned_epoch"] = run.data.tags.get("pruned_epoch", "")
         row.update({key: run.data.params.get(key, "") for key in swept})
         row.update({key: round(run.data.metrics[key], 6) if key in run.data.metrics else ""
                     for key in SUMMARY_METRICS})
@@ -132,8 +191,10 @@ def summarise(client, parent_id: str) -> None:
     rows = summary_rows(runs, swept)
     finished = [r for r in runs if r.info.status == "FINISHED" and
                 math.isfinite(r.data.metrics.get("best/val_loss", math.inf))]
+    pruned = [r for r in runs if r.data.tags.get("pruned") == "true"]
+    running = [r for r in runs if r.info.status == "RUNNING"]  # another process's trials
     spread = seed_spread(finished, swept)
-    failed = len(runs) - len(finished)
+    failed = len(runs) - len(finished) - len(pruned) - len(running)
     others = [k for k in swept if k != "seed"]
     comparison: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,8 +207,10 @@ def summarise(client, parent_id: str) -> None:
         curves = {r.info.run_name: metric_curve(client, r.info.run_id) for r in runs}
         overlay(curves, out / "sweep_val_loss.png", "val/loss", "validation loss per run")
         client.log_artifacts(parent_id, str(out))
-    client.set_tag(parent_id, "sweep.runs", str(len(runs)))
-    client.set_tag(parent_id, "sweep.failed", str(failed))
+    counts = {"runs": len(runs), "completed": len(finished), "pruned": len(pruned),
+              "failed": failed, "running": len(running)}
+    for key, count in counts.items():
+        client.set_tag(parent_id, f"sweep.{key}", str(count))
     if finished:
         best = min(finished, key=lambda r: r.data.metrics["best/val_loss"])
         client.set_tag(parent_id, "best_run_id", best.info.run_id)
@@ -159,7 +222,9 @@ def summarise(client, parent_id: str) -> None:
         for key, value in spread[0].items():
             if key.startswith("test/acc_") and math.isfinite(value):
                 client.log_metric(parent_id, key, value)
-    print(f"sweep summary: {len(runs)} runs, {failed} failed"
+    print(f"sweep summary: {len(runs)} runs: {len(finished)} completed"
+          + (f", {len(pruned)} pruned" if pruned else "") + f", {failed} failed"
+          + (f", {len(running)} still running" if running else "")
           + (f", best {best.info.run_name} ({best.info.run_id})" if finished else ""))
     for row in spread:
         where = ", ".join(f"{k}={row[k]}" for k in swept if k in row)

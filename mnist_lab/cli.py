@@ -8,7 +8,7 @@ import sys
 
 from omegaconf import DictConfig
 
-from mnist_lab.errors import DivergedError, LabError, TrackingError
+from mnist_lab.errors import DivergedError, LabError, TrackingError, TrialPruned
 from mnist_lab.schema import validate
 
 WORST_OBJECTIVE = math.inf  # what a sweeper sees for a failed job (the objective is minimised)
@@ -29,6 +29,9 @@ def train(cfg: DictConfig) -> float:
         from mnist_lab.job import run
 
         return run(cfg)
+    except TrialPruned as pruned:  # the Optuna sweeper reads it from the job's return
+        print(f"Optuna trial {pruned}", file=sys.stderr)
+        raise
     except KeyboardInterrupt:
         print(f"\ninterrupted: {resume_hint(cfg)}", file=sys.stderr)
         if is_multirun():
@@ -106,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     again.add_argument("--uri", default=None, help="tracking URI (default as run.py)")
     again.add_argument("--experiment", default="mnist-lab")
     again.set_defaults(handler=rerun)
+    board = commands.add_parser("dashboard", help="optuna-dashboard on the Optuna sweeps' studies")
+    board.add_argument("--storage", default=None,
+                       help="study database URL (default: optuna.db beside the MLflow store)")
+    board.add_argument("--uri", default=None, help="tracking URI whose folder holds optuna.db")
+    board.add_argument("--host", default="127.0.0.1")
+    board.add_argument("--port", type=int, default=8080)
+    board.set_defaults(handler=dashboard)
     bench = commands.add_parser("bench", help="benchmarks/bench.py: speed figures (--quick, --out)",
                                 add_help=False)
     bench.set_defaults(handler=run_bench)
@@ -114,6 +124,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.options = extra  # bench parses its own options
     return args.handler(args)
+
+
+def dashboard(args: argparse.Namespace) -> int:
+    """Serve optuna-dashboard on the storage hydra/sweeper=optuna uses with the same settings."""
+    from omegaconf import OmegaConf
+    from optuna_dashboard import run_server
+
+    from mnist_lab.study import shown, storage_url
+
+    url = storage_url(OmegaConf.create({"storage": args.storage}),
+                      OmegaConf.create({"uri": args.uri}))
+    print(f"studies in {shown(url)}: http://{args.host}:{args.port}/", flush=True)
+    run_server(url, host=args.host, port=args.port)
+    return 0
 
 
 def run_bench(args: argparse.Namespace) -> int:

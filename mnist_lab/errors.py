@@ -29,3 +29,15 @@ class DivergedError(RuntimeError):
 
     Not bad input (training had started): a single run reports it in one line, exit status 1.
     """
+
+
+class TrialPruned(Exception):
+    """An Optuna trial's pruner stopped the run after `epoch` (not an error: the sweeper tells
+    Optuna PRUNED). Its only argument is the epoch, so it pickles back from any launcher."""
+
+    def __init__(self, epoch: int):
+        super().__init__(epoch)
+        self.epoch = epoch
+
+    def __str__(self) -> str:
+        return f"pruned after epoch {self.epoch}"

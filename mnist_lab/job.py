@@ -20,6 +20,7 @@ from mnist_lab.data import load_mnist, split_seed
 from mnist_lab.evaluate import evaluate, report
 from mnist_lab.identity import config_key
 from mnist_lab.models import build_model, count_parameters, without_name
+from mnist_lab.pruning import trial_hook
 from mnist_lab.schema import ConfigError, validate
 from mnist_lab.train import Recipe, fit, print_epoch
 
@@ -174,8 +175,10 @@ def run(cfg: DictConfig) -> float:
         if resume_state:
             state.restore(resume_state)
         last = checkpoint.folder_for(cfg) / checkpoint.LAST if cfg.checkpoint.enabled else None
+        trial = trial_hook(cfg)  # None unless this job is a trial of the Optuna sweeper
         run_tracker.start(model=model, data=data, device=device, checkpoint=last,
-                          resume_run_id=state.identity.get("run_id"))
+                          resume_run_id=state.identity.get("run_id"),
+                          tags=trial.tags if trial else None)
         if resume_state:
             run_tracker.catch_up(state.history)
         print(f"{cfg.model.name}: {count_parameters(model):,} parameters, "
@@ -188,6 +191,8 @@ def run(cfg: DictConfig) -> float:
         # (which catches the store up from the checkpoint) cannot restore
         callbacks = [save_every_epoch(last)] if last else []
         callbacks += [run_tracker.log_epoch, print_epoch(cfg.train.epochs), stop_check(received)]
+        if trial:  # last: the epoch a pruner stops at is saved, logged and printed first
+            callbacks.append(trial)
         fit(state, data, Recipe.from_config(cfg), callbacks)
 
         model.load_state_dict(state.best_state)

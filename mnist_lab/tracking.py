@@ -15,12 +15,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab.errors import ConfigError, TrackingError
+from mnist_lab.errors import ConfigError, TrackingError, TrialPruned
 from mnist_lab.identity import flatten, identifies_run
 from mnist_lab.schema import PROJECT_ROOT
 
 PARENT_ID_FILE = "mlflow_parent_run_id"  # in the sweep folder, written by the sweep callback
-STATUS_FOR = {KeyboardInterrupt: "KILLED", SystemExit: "KILLED"}
+STATUS_FOR = {KeyboardInterrupt: "KILLED", SystemExit: "KILLED", TrialPruned: "FINISHED"}
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 
 
@@ -179,7 +179,7 @@ class MlflowRun(NoTracking):
         self.client, self.experiment_id = connect(cfg.tracking)
 
     def start(self, model, data, device, checkpoint: Path | None = None,
-              resume_run_id: str | None = None) -> None:
+              resume_run_id: str | None = None, tags: dict[str, str] | None = None) -> None:
         from mlflow.entities import Param
 
         from mnist_lab.models import count_parameters
@@ -187,7 +187,7 @@ class MlflowRun(NoTracking):
 
         if resume_run_id and self._reopen(resume_run_id):
             return
-        tags = provenance_tags(str(device), data.checksums)
+        tags = {**provenance_tags(str(device), data.checksums), **(tags or {})}
         tags["hydra.overrides"] = " ".join(self.overrides) or "(none)"
         if checkpoint is not None:
             tags["checkpoint.path"] = str(checkpoint)
@@ -252,6 +252,11 @@ class MlflowRun(NoTracking):
         if self.run_id is None or exc_type is None:
             return False
         status = next((s for t, s in STATUS_FOR.items() if issubclass(exc_type, t)), "FAILED")
+        if exc_type is TrialPruned:  # a finished run, stopped early on purpose: no error
+            self.client.set_tag(self.run_id, "pruned", "true")
+            self.client.set_tag(self.run_id, "pruned_epoch", str(exc.epoch))
+            self.client.set_terminated(self.run_id, status)
+            return False
         try:
             self.client.set_tag(self.run_id, "error", f"{exc_type.__name__}: {exc}"[:5000])
             self.client.log_text(self.run_id, "".join(traceback.format_exception(exc)),

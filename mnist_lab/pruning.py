@@ -1,0 +1,55 @@
+"""The per-epoch step of a job that is an Optuna trial: report `val/loss`, stop if told to.
+
+The sweeper (hydra_plugins/mnist_lab_optuna_sweeper) hands each job its study's name and trial
+number through the environment; the storage and pruner come from the job's own config
+(`hydra.sweeper`, `tracking`), so nothing is added to the user's config. Outside such a sweep
+`trial_hook` gives None and the loop runs as always.
+"""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import DictConfig
+
+from mnist_lab.errors import TrialPruned
+from mnist_lab.study import STUDY_ENV, TRIAL_ENV
+
+OBJECTIVE = "val/loss"  # what each epoch reports; run.py's objective is its best value
+
+
+class ReportToTrial:
+    """After each epoch: report the validation loss to the trial, raise TrialPruned if its
+    pruner says the trial is not worth finishing."""
+
+    def __init__(self, trial):
+        self.trial = trial
+        self.tags = {"optuna.study": trial.study.study_name, "optuna.trial": str(trial.number)}
+
+    def __call__(self, state, metrics: dict[str, float]) -> None:
+        """Epoch callback (see train.fit)."""
+        self.trial.report(metrics[OBJECTIVE], state.epoch)
+        if self.trial.should_prune():
+            raise TrialPruned(state.epoch)
+
+
+def trial_hook(cfg: DictConfig) -> ReportToTrial | None:
+    """The hook for this job's trial, or None when the job is not one."""
+    number = os.environ.get(TRIAL_ENV)
+    if number is None:
+        return None
+    import optuna
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    from mnist_lab import study as studies
+
+    hydra = HydraConfig.get()
+    url = studies.storage_url(hydra.sweeper, cfg.tracking)
+    name = os.environ[STUDY_ENV]
+    storage = studies.open_storage(url)
+    study = optuna.load_study(study_name=name, storage=storage,
+                              pruner=instantiate(hydra.sweeper.pruner))
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(name), int(number))
+    return ReportToTrial(optuna.trial.Trial(study, trial_id))

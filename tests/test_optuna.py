@@ -1,0 +1,230 @@
+"""The lab's Optuna sweeper: Hydra's search syntax, pruning end to end, and one study shared by
+several processes (PostgreSQL), killed and continued."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from conftest import ROOT, run_lab, tiny_overrides
+from hydra_plugins.mnist_lab_optuna_sweeper import search_space
+from test_team_server import postgres  # noqa: F401  the PostgreSQL fixture
+
+TRIAL_STATES = ("COMPLETE", "PRUNED", "FAIL")
+
+
+def test_search_space_reads_hydra_sweep_syntax():
+    space, fixed = search_space.parse([
+        "optim.lr=tag(log, interval(1e-4, 1e-2))", "dropout.p=interval(0, 0.5)",
+        "train.batch_size=choice(32, 64, 128)", "train.epochs=range(2, 8, 2)",
+        "data.limit=int(interval(100, 200))", "model=cnn", "+x=1", "train.epochs=3"])
+    assert space == {
+        "optim.lr": FloatDistribution(1e-4, 1e-2, log=True),
+        "dropout.p": FloatDistribution(0.0, 0.5),
+        "train.batch_size": CategoricalDistribution([32, 64, 128]),
+        "data.limit": IntDistribution(100, 200)}
+    # the later fixed train.epochs replaces the range, as on Hydra's command line
+    assert fixed == ["model=cnn", "+x=1", "train.epochs=3"]
+    grid, _ = search_space.parse(["train.epochs=range(2, 8, 2)"])
+    assert grid["train.epochs"] == IntDistribution(2, 6, step=2)  # range's end is exclusive
+    assert search_space.as_override("a", "b c") == "a='b c'"
+    assert search_space.as_override("a", 0.5) == "a=0.5"
+
+
+def test_the_pruning_callback_reports_each_epoch_and_stops_when_told():
+    import pickle
+    from types import SimpleNamespace
+
+    from mnist_lab.errors import TrialPruned
+    from mnist_lab.pruning import ReportToTrial
+
+    # prune any trial whose value is above 1.0 from epoch 2 on
+    pruner = optuna.pruners.ThresholdPruner(upper=1.0, n_warmup_steps=2)
+    study = optuna.create_study(pruner=pruner)
+    hook = ReportToTrial(study.ask())
+    hook(SimpleNamespace(epoch=1), {"val/loss": 2.0})  # warm-up: reported, not pruned
+    hook(SimpleNamespace(epoch=2), {"val/loss": 0.5})
+    with pytest.raises(TrialPruned) as stopped:
+        hook(SimpleNamespace(epoch=3), {"val/loss": 1.5})
+    assert stopped.value.epoch == 3
+    assert study.trials[0].intermediate_values == {1: 2.0, 2: 0.5, 3: 1.5}
+    assert hook.tags == {"optuna.study": study.study_name, "optuna.trial": "0"}
+    # it travels back from joblib and submitit workers inside the JobReturn
+    assert pickle.loads(pickle.dumps(stopped.value)).epoch == 3
+
+
+def test_bad_sweeper_value_stops_with_one_line_and_no_run(tiny_data, tmp_path):
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    result = run_lab([*tiny_overrides(tiny_data), "experiment=optuna_cnn", "tracking=local",
+                      f"tracking.uri={uri}", "hydra.sweeper.n_trials=0",
+                      f"hydra.sweep.dir={tmp_path}/sweep"])
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "hydra.sweeper.n_trials=0 is not allowed: at least 1" in result.stderr
+    assert not (tmp_path / "store" / "optuna.db").exists()
+    assert not (tmp_path / "store" / "mlflow.db").exists()
+
+
+def optuna_sweep(data, tmp_path, *extra):
+    """The command line of an Optuna sweep on fixture data, its stores under tmp_path."""
+    return [sys.executable, str(ROOT / "run.py"), *tiny_overrides(data), "experiment=optuna_cnn",
+            "model=ffnn", "data.limit=null", "plots=false", "tracking=local",
+            f"tracking.uri=sqlite:///{tmp_path}/store/mlflow.db", "tracking.log_model=false",
+            f"hydra.sweep.dir={tmp_path}/sweep", *extra]
+
+
+def load(tmp_path, storage=None):
+    """(the Optuna study, MLflow client, the sweep parents, the trial runs by trial number)."""
+    storage = storage or f"sqlite:///{tmp_path}/store/optuna.db"
+    study = optuna.load_study(study_name="optuna_cnn", storage=storage)
+    client = MlflowClient(f"sqlite:///{tmp_path}/store/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("mnist-lab").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("sweep") == "true"]
+    trials = {}
+    for run in runs:
+        if "optuna.trial" in run.data.tags:
+            assert int(run.data.tags["optuna.trial"]) not in trials, "a trial ran twice"
+            trials[int(run.data.tags["optuna.trial"])] = run
+    return study, client, parents, trials
+
+
+@pytest.mark.slow
+def test_pruning_stops_bad_trials_and_mlflow_agrees_with_optuna(tiny_data, tmp_path):
+    # learning rates up to 10 diverge or stall; the median of the earlier trials prunes them
+    result = subprocess.run(
+        optuna_sweep(tiny_data, tmp_path, "train.epochs=3", "hydra.sweeper.n_trials=6",
+                     "optim.lr=tag(log, interval(1e-3, 10.0))", "hydra/sweeper/sampler=random",
+                     "hydra.sweeper.pruner.n_startup_trials=1"),
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    study, client, parents, runs = load(tmp_path)  # the default storage: beside mlflow.db
+    states = {t.number: t.state.name for t in study.trials}
+    assert sorted(states) == sorted(runs) == list(range(6))
+    assert "PRUNED" in states.values() and "COMPLETE" in states.values()
+    for trial in study.trials:
+        run = runs[trial.number]
+        epochs = sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/loss"))
+        assert run.info.status == "FINISHED"
+        assert run.data.params["optim.lr"] == str(trial.params["optim.lr"])
+        assert sorted(trial.intermediate_values) == epochs  # every epoch was reported
+        if trial.state.name == "PRUNED":
+            assert run.data.tags["pruned"] == "true"
+            assert run.data.tags["pruned_epoch"] == str(max(epochs)) and max(epochs) < 3
+            assert "test/acc" not in run.data.metrics
+        else:
+            assert "pruned" not in run.data.tags and epochs == [1, 2, 3]
+            assert trial.value == pytest.approx(run.data.metrics["best/val_loss"])
+    [parent] = parents
+    counts = list(states.values())
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["sweep.pruned"] == str(counts.count("PRUNED"))
+    assert parent.data.tags["sweep.completed"] == str(counts.count("COMPLETE"))
+    assert parent.data.tags["sweep.failed"] == "0"
+    assert f"{counts.count('PRUNED')} pruned" in result.stdout
+
+
+@pytest.mark.slow
+def test_two_workers_share_one_postgres_study_and_one_parent(
+        tiny_data, tmp_path, postgres):  # noqa: F811  (the fixture imported above)
+    url, _ = postgres
+    command = optuna_sweep(tiny_data, tmp_path, "hydra.sweeper.n_trials=5",
+                           f"hydra.sweeper.storage={url}")
+    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    study, client, parents, runs = load(tmp_path, url)
+    assert [t.number for t in study.trials] == list(range(5))  # the budget, each trial once
+    assert {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
+    assert sorted(runs) == list(range(5))
+    [parent] = parents
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
+    assert parent.info.status == "FINISHED", outputs[0][-2500:] + outputs[1][-2500:]
+    assert parent.data.tags["sweep.runs"] == "5"
+    # between them the two processes launched the budget once (alone, each would run 5)
+    assert sum(out.count("Launching 1 jobs") for out in outputs) == 5
+
+
+def trial_progress(db) -> list[tuple[str, int]]:
+    """(state, epochs reported) per trial, read-only: opening Optuna's storage while the worker
+    creates it would race it to create the tables."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
+            return connection.execute(
+                "SELECT state, (SELECT COUNT(*) FROM trial_intermediate_values v "
+                "WHERE v.trial_id = t.trial_id) FROM trials t ORDER BY number").fetchall()
+    except sqlite3.OperationalError:  # no database or no tables yet
+        return []
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_continued_by_the_same_command(tiny_data, tmp_path):
+    # 12 epochs: trial 1 is killed after its first, far from its end however loaded the machine
+    command = optuna_sweep(tiny_data, tmp_path, "train.epochs=12", "hydra.sweeper.n_trials=3",
+                           "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3")
+    log = tmp_path / "first.log"
+    worker = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    storage = f"sqlite:///{tmp_path}/store/optuna.db"
+    deadline = time.monotonic() + 300
+    while True:  # wait until trial 1 is mid-training, then kill its process outright
+        assert time.monotonic() < deadline and worker.poll() is None, log.read_text()[-3000:]
+        trials = trial_progress(tmp_path / "store" / "optuna.db")
+        if len(trials) == 2 and trials[1][1]:
+            assert trials[1][0] == "RUNNING"
+            break
+        time.sleep(0.2)
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    time.sleep(4)  # past grace_period: the killed trial is stale now
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    study, client, parents, runs = load(tmp_path)
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 3 and states[1] == "FAIL", again.stdout[-3000:]  # lost, counted once
+    assert states[0] in TRIAL_STATES[:2] and states[2] in TRIAL_STATES[:2]
+    assert sorted(runs) == [0, 1, 2]
+    assert runs[1].info.status == "FAILED" and "heartbeat" in runs[1].data.tags["error"]
+    [parent] = parents
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.failed"] == "1"
+    # a third start finds the budget spent and leaves at once
+    third = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0 and "Launching" not in third.stdout
+    assert len(optuna.load_study(study_name="optuna_cnn", storage=storage).trials) == 3
+
+
+@pytest.mark.slow
+def test_dashboard_serves_the_study_storage(tmp_path):
+    from test_tracking import free_port
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    optuna.create_study(study_name="optuna_cnn", storage=storage).enqueue_trial({"x": 1.0})
+    port = free_port()
+    board = subprocess.Popen([sys.executable, "-m", "mnist_lab.cli", "dashboard", "--storage",
+                              storage, "--port", str(port)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        import requests
+
+        deadline = time.monotonic() + 60
+        while True:
+            assert board.poll() is None and time.monotonic() < deadline
+            try:
+                studies = requests.get(f"http://127.0.0.1:{port}/api/studies", timeout=2).json()
+                break
+            except requests.ConnectionError:
+                time.sleep(0.3)
+        assert [s["study_name"] for s in studies["study_summaries"]] == ["optuna_cnn"]
+    finally:
+        board.terminate()
+        board.wait(timeout=30)
