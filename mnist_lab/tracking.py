@@ -11,6 +11,7 @@ import csv
 import os
 import sys
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -63,6 +64,21 @@ def check_store(tracking: DictConfig) -> None:
                             f"its journal beside the database); {hint}")
 
 
+@contextmanager
+def store_lock(uri: str):
+    """Exclusive while a SQLite store is opened: MLflow creates and migrates the schema on first
+    use, and two processes doing it at once fail ("duplicate column name"). Other stores (a
+    server, PostgreSQL) handle their own concurrency."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(f"{uri[len('sqlite:///'):]}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def connect(tracking: DictConfig):
     """A client on a checked store and the experiment's id; raises TrackingError fast."""
     import mlflow
@@ -85,8 +101,9 @@ def connect(tracking: DictConfig):
                             f"http://host:port, postgresql://...); {hint}")
     mlflow.set_tracking_uri(uri)
     try:
-        client = MlflowClient(uri)  # opens the store: a corrupt file fails here
-        experiment = client.get_experiment_by_name(tracking.experiment)
+        with store_lock(uri):
+            client = MlflowClient(uri)  # opens the store: a corrupt file fails here
+            experiment = client.get_experiment_by_name(tracking.experiment)
         if experiment is not None:
             return client, experiment.experiment_id
         location = None
