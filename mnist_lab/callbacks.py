@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import shlex
 import statistics
 import sys
 import tempfile
@@ -30,28 +31,40 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not config.tracking.enabled:
             return
+        from mnist_lab import stopping
+        from mnist_lab.liveness import process_tags, reconcile
         from mnist_lab.provenance import git_state
         from mnist_lab.tracking import connect
 
         client, experiment_id = connect(config.tracking)
+        reconcile(client)  # runs whose process died end KILLED, not RUNNING forever
         sweep_dir = Path(config.hydra.sweep.dir)
         experiment = config.hydra.runtime.choices.get("experiment")
         name = f"sweep-{experiment}" if experiment else "sweep"
+        overrides = list(config.hydra.overrides.task)
         tags = {"sweep": "true", "sweep.dir": str(sweep_dir),
-                "hydra.overrides": " ".join(config.hydra.overrides.task) or "(none)",
-                **git_state()}
+                "hydra.overrides": " ".join(overrides) or "(none)", **git_state(),
+                **process_tags()}
         self.parent_id = client.create_run(experiment_id, run_name=f"{name}-{sweep_dir.name}",
                                            tags=tags).info.run_id
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_ID_FILE).write_text(self.parent_id)
-        # Ctrl-C or a crash skips on_multirun_end; the parent must not stay RUNNING then.
+        # a stop signal or a crash skips on_multirun_end; no run may stay RUNNING then
         atexit.register(self._close, client, "KILLED")
+        again = [o for o in overrides if not o.startswith("resume=")] + ["resume=true"]
+        stopping.guard_sweep("its runs are KILLED (finished ones kept); continue with python "
+                             f"run.py -m {shlex.join(again)} (finished jobs are skipped)")
         print(f"MLflow parent run {self.parent_id} for this sweep")
 
     def _close(self, client, status: str) -> None:
-        if self.parent_id is not None:
-            client.set_terminated(self.parent_id, status)
-            self.parent_id = None
+        if self.parent_id is None:
+            return
+        parent, self.parent_id = self.parent_id, None
+        if status != "FINISHED":  # the workers are gone: their runs, and this one's, are dead
+            from mnist_lab.liveness import reconcile
+
+            reconcile(client, this_process_ending=True)
+        client.set_terminated(parent, status)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_id is None:
@@ -61,10 +74,17 @@ class MlflowSweepCallback(Callback):
         client, _ = connect(config.tracking)
         status = "FAILED"
         try:
-            summarise(client, self.parent_id)
+            failed = summarise(client, self.parent_id)
             status = "FINISHED"
+        except (KeyboardInterrupt, SystemExit):
+            status = "KILLED"
+            raise
         finally:
             self._close(client, status)
+        if failed:
+            print(f"{failed} job{'s' if failed > 1 else ''} of this sweep failed; each run's "
+                  "`error` tag says why", file=sys.stderr)
+            sys.exit(1)
 
 
 def children(client, parent_id: str) -> list:
@@ -122,8 +142,9 @@ def seed_spread(finished: list, swept: list[str]) -> list[dict]:
     return rows
 
 
-def summarise(client, parent_id: str) -> None:
-    """Table (CSV + Markdown), overlaid val/loss curves and the best child, on the parent."""
+def summarise(client, parent_id: str) -> int:
+    """Table (CSV + Markdown), overlaid val/loss curves and the best child, on the parent;
+    returns how many jobs failed."""
     from mnist_lab.plots import overlay
     from mnist_lab.tracking import metric_curve, write_table
 
@@ -175,6 +196,7 @@ def summarise(client, parent_id: str) -> None:
     for line in comparison:
         print(line)
 
+    return failed
 
 def compare_configurations(client, finished: list, key: str, out: Path) -> list[str]:
     """`mnist-lab compare --stats` on the sweep's runs, into `out`; a failure is reported,

@@ -122,6 +122,22 @@ def register(args: argparse.Namespace) -> int:
     return 0
 
 
+def log_pytorch_model(model, run_id: str) -> None:
+    """`mlflow.pytorch` model with signature and input example: `runs:/<id>/model` loads it."""
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    model = model.cpu().eval()
+    example = torch.zeros(2, 1, 28, 28).numpy()  # batch 2 keeps the exported batch dim dynamic
+    with torch.inference_mode():
+        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(model, name="model", signature=signature,
+                                 input_example=example,
+                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
+
 def add_parsers(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="re-evaluate a logged run's best model")
     evaluate.add_argument("--run", required=True, metavar="RUN_ID")
