@@ -29,9 +29,14 @@ class MlflowSweepCallback(Callback):
         self.parent_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mnist_lab import stopping
+
+        overrides = list(config.hydra.overrides.task)
+        again = [o for o in overrides if not o.startswith("resume=")] + ["resume=true"]
+        stopping.guard_sweep(f"continue the sweep with python run.py -m {shlex.join(again)} "
+                             "(finished jobs are skipped)")
         if not config.tracking.enabled:
             return
-        from mnist_lab import stopping
         from mnist_lab.liveness import process_tags, reconcile
         from mnist_lab.provenance import git_state
         from mnist_lab.tracking import connect
@@ -41,7 +46,6 @@ class MlflowSweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         experiment = config.hydra.runtime.choices.get("experiment")
         name = f"sweep-{experiment}" if experiment else "sweep"
-        overrides = list(config.hydra.overrides.task)
         tags = {"sweep": "true", "sweep.dir": str(sweep_dir),
                 "hydra.overrides": " ".join(overrides) or "(none)", **git_state(),
                 **process_tags()}
@@ -51,9 +55,6 @@ class MlflowSweepCallback(Callback):
         (sweep_dir / PARENT_ID_FILE).write_text(self.parent_id)
         # a stop signal or a crash skips on_multirun_end; no run may stay RUNNING then
         atexit.register(self._close, client, "KILLED")
-        again = [o for o in overrides if not o.startswith("resume=")] + ["resume=true"]
-        stopping.guard_sweep("its runs are KILLED (finished ones kept); continue with python "
-                             f"run.py -m {shlex.join(again)} (finished jobs are skipped)")
         print(f"MLflow parent run {self.parent_id} for this sweep")
 
     def _close(self, client, status: str) -> None:

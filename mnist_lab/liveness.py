@@ -12,6 +12,7 @@ demand. A run made before runs recorded their process is left alone.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import time
@@ -103,12 +104,19 @@ def reconcile_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def minutes(text: str) -> float:
+    value = float(text)  # argparse reports a non-number itself
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not allowed: minutes, a number > 0")
+    return value
+
+
 def add_parser(commands) -> None:
     parser = commands.add_parser("reconcile", help="mark RUNNING runs whose process died KILLED",
                                  description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--uri", default=None, help="tracking URI (default as run.py)")
-    parser.add_argument("--stale-after", type=float, default=STALE_AFTER_MINUTES,
+    parser.add_argument("--stale-after", type=minutes, default=STALE_AFTER_MINUTES,
                         metavar="MINUTES", help="a run on another host is dead after this long "
                         f"without a heartbeat (default {STALE_AFTER_MINUTES:g})")
     parser.add_argument("--dry-run", action="store_true", help="list them, change nothing")

@@ -62,7 +62,6 @@ def guard_sweep(hint: str) -> None:
     """In a sweep's launching process: a stop signal from now on stops the whole sweep."""
     global _sweep_hint
     _sweep_hint = hint
-
     _install(_stop_on_first)
 
 
