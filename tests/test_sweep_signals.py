@@ -94,7 +94,7 @@ def assert_stopped_cleanly(sweep: Sweep, signum: int) -> list:
     assert code == EXIT_STATUS[signum], err
     assert leftovers == []
     assert "Traceback" not in err, err
-    hints = [line for line in err.splitlines() if "continue with" in line]
+    hints = [line for line in err.splitlines() if "continue the sweep with" in line]
     assert len(hints) == 1 and "resume=true" in hints[0] and "-m" in hints[0], err
     runs = sweep.runs()
     (parent,) = [r for r in runs if r.data.tags.get("sweep") == "true"]
