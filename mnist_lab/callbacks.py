@@ -39,7 +39,7 @@ class MlflowSweepCallback(Callback):
             return
         from mnist_lab.liveness import process_tags, reconcile
         from mnist_lab.provenance import git_state
-        from mnist_lab.tracking import connect
+        from mnist_lab.store import connect
 
         client, experiment_id = connect(config.tracking)
         reconcile(client)  # runs whose process died end KILLED, not RUNNING forever
@@ -70,7 +70,7 @@ class MlflowSweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_id is None:
             return
-        from mnist_lab.tracking import connect
+        from mnist_lab.store import connect
 
         client, _ = connect(config.tracking)
         status = "FAILED"

@@ -156,7 +156,7 @@ def checkpoint_of(cfg: DictConfig, run_id: str) -> Path:
     if not cfg.tracking.enabled:
         raise ConfigError(f"resume={run_id} looks the run up in MLflow, which tracking=off "
                           "turns off; use resume=true, or turn tracking on")
-    from mnist_lab.tracking import connect, resolve_uri
+    from mnist_lab.store import connect, resolve_uri
 
     client, _ = connect(cfg.tracking)
     try:
@@ -172,7 +172,7 @@ def checkpoint_of(cfg: DictConfig, run_id: str) -> Path:
 
 def finished(cfg: DictConfig, run_id: str) -> bool:
     """Whether a checkpoint's MLflow run ended FINISHED, so resuming it has nothing to do."""
-    from mnist_lab.tracking import connect
+    from mnist_lab.store import connect
 
     try:
         return connect(cfg.tracking)[0].get_run(run_id).info.status == "FINISHED"

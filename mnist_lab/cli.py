@@ -78,7 +78,8 @@ def resume_hint(cfg: DictConfig) -> str:
 def rerun(args: argparse.Namespace) -> int:
     """Repeat a logged run from the resolved config.yaml it recorded, as a new MLflow run."""
     from mnist_lab.job import run
-    from mnist_lab.tracking import client_for, load_logged_config
+    from mnist_lab.store import client_for
+    from mnist_lab.tracking import load_logged_config
 
     client = client_for(args.uri, args.experiment)
     try:

@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab import checkpoint, stats, tracking
+from mnist_lab import checkpoint, stats, store, tracking
 from mnist_lab.checkpoint import TrainingState, save_every_epoch
 from mnist_lab.data import load_mnist, split_seed
 from mnist_lab.evaluate import evaluate, report
@@ -129,7 +129,7 @@ def stop_check(received: list[int]):
 def run(cfg: DictConfig) -> float:
     """Train and evaluate one configuration; return the best validation loss (the objective)."""
     validate(cfg)
-    tracking.check_store(cfg.tracking)  # file checks only: a read-only store answers at once
+    store.check_store(cfg.tracking)  # file checks only: a read-only store answers at once
     resume_state = find_resume(cfg)
     if resume_state and resume_state.get("complete"):
         return resume_state["best_val_loss"]  # left untouched: no second test/acc

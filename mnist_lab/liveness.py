@@ -93,7 +93,7 @@ def reconcile(client, stale_after_minutes: float = STALE_AFTER_MINUTES, dry_run:
 
 
 def reconcile_command(args: argparse.Namespace) -> int:
-    from mnist_lab.tracking import client_for
+    from mnist_lab.store import client_for
 
     client = client_for(args.uri)
     dead = reconcile(client, args.stale_after, args.dry_run)

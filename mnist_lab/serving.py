@@ -12,7 +12,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from mnist_lab.tracking import client_for, load_logged_config
+from mnist_lab.store import client_for
+from mnist_lab.tracking import load_logged_config
 
 
 class ModelSourceError(RuntimeError):

@@ -16,7 +16,7 @@ from conftest import ROOT, compose_config, make_dataset, tiny_overrides
 from mnist_lab import tracking
 from mnist_lab.cli import main
 from mnist_lab.liveness import reconcile
-from mnist_lab.tracking import connect
+from mnist_lab.store import connect
 
 
 def connect_when_told(uri, go, results):

@@ -28,25 +28,27 @@ def tracked(tiny_data, tmp_path, *extra):
 
 
 @pytest.mark.slow
-def test_a_job_failing_in_the_optimizer_constructor_is_a_failed_run_and_fails_the_sweep(
-        tiny_data, tmp_path):
-    # torch refuses Nesterov without momentum when it builds the optimizer, after the data is
-    # loaded and before the run used to exist: that job was recorded nowhere and the sweep said 0
+def test_a_job_failing_before_its_run_exists_is_a_failed_run_and_fails_the_sweep(tiny_data,
+                                                                                  tmp_path):
+    # the second job's data folder is missing: it fails after validation and before its run
+    # exists; it is a FAILED child, counted, and the sweep exits 1 after its summary (an
+    # exception of any kind there is recorded too: the next test)
+    missing = tmp_path / "missing"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "-m", *tracked(tiny_data, tmp_path), "optim=sgd",
-         "optim.momentum=0", "optim.nesterov=false,true", f"hydra.sweep.dir={tmp_path}/s"],
+        [sys.executable, str(ROOT / "run.py"), "-m", *tracked(tiny_data, tmp_path),
+         f"data.root={tiny_data},{missing}", f"hydra.sweep.dir={tmp_path}/s"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr
     assert "sweep summary: 2 runs, 1 failed" in result.stdout  # printed before the exit status
     assert "1 job of this sweep failed" in result.stderr and "Traceback" not in result.stderr
     runs = runs_in(store(tmp_path))
     parent = next(r for r in runs if r.data.tags.get("sweep") == "true")
-    children = {r.data.params["optim.nesterov"]: r for r in runs if r is not parent}
-    assert children["False"].info.status == "FINISHED"
-    failed = children["True"]
+    children = {r.data.params["data.root"]: r for r in runs if r is not parent}
+    assert children[str(tiny_data)].info.status == "FINISHED"
+    failed = children[str(missing)]
     assert failed.info.status == "FAILED"
     assert failed.data.tags["mlflow.parentRunId"] == parent.info.run_id
-    assert "Nesterov momentum requires a momentum" in failed.data.tags["error"]
+    assert "not found" in failed.data.tags["error"]
     assert parent.data.tags["sweep.failed"] == "1" and parent.data.tags["sweep.runs"] == "2"
     assert parent.info.status == "FINISHED"
 
