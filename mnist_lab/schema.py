@@ -192,6 +192,20 @@ def job_config(composed: DictConfig) -> DictConfig:
     return composed
 
 
+def upgrade_recorded(recorded: DictConfig) -> DictConfig:
+    """A config.yaml recorded before the choices node (a `name` in each group's node, the
+    scheduler's `interval` in its node) in today's form, so older runs still predict and rerun."""
+    with open_dict(recorded):
+        for group in (*GROUPS, "launcher"):
+            name = recorded.get(group, {}).pop("name", None)
+            if name is not None and group in GROUPS:
+                OmegaConf.update(recorded, f"choices.{group}", name)
+        interval = recorded.get("sched", {}).pop("interval", None)
+        if interval is not None:
+            OmegaConf.update(recorded, "train.sched_interval", interval)
+    return recorded
+
+
 # --- top level ---------------------------------------------------------------------------------
 @dataclass
 class TrainConf:

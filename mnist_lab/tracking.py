@@ -29,9 +29,9 @@ def metric_curve(client, run_id: str, key: str = "val/loss") -> list[float]:
 
 def load_logged_config(path) -> DictConfig:
     """A run's recorded config.yaml, checked against the schema."""
-    from mnist_lab.schema import LabConfig
+    from mnist_lab.schema import LabConfig, upgrade_recorded
 
-    return OmegaConf.merge(OmegaConf.structured(LabConfig), OmegaConf.load(path))
+    return OmegaConf.merge(OmegaConf.structured(LabConfig), upgrade_recorded(OmegaConf.load(path)))
 
 
 def hydra_context() -> tuple[list[str], str | None]:

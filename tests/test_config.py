@@ -186,3 +186,19 @@ def test_experiments_are_found_from_any_working_directory(tmp_path):
     assert "batch_size: 20" in result.stdout
     listing = run_lab(["--help"], cwd=tmp_path)
     assert "experiment: " in listing.stdout and "notebook" in listing.stdout
+
+
+def test_a_config_recorded_with_names_in_the_nodes_still_loads(tmp_path):
+    """Runs recorded before the choices node (a `name` per node, `sched.interval`) predict and
+    rerun as before."""
+    from mnist_lab.tracking import load_logged_config
+
+    cfg = compose_config(["model=cnn", "sched=onecycle", "optim=sgd"])
+    recorded = OmegaConf.to_container(cfg, resolve=True)
+    for group, name in recorded.pop("choices").items():
+        recorded[group]["name"] = name
+    recorded["launcher"]["name"] = "basic"
+    recorded["sched"]["interval"] = recorded["train"].pop("sched_interval")
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(recorded))
+    loaded = load_logged_config(tmp_path / "config.yaml")
+    assert OmegaConf.to_container(loaded, resolve=True) == OmegaConf.to_container(cfg, resolve=True)
