@@ -231,8 +231,8 @@ def check_arguments(node: DictConfig, prefix: str = "") -> None:
         except Exception as err:  # noqa: BLE001  a target that does not import
             fail(f"{prefix}_target_", target, f"an importable callable ({err})")
         takes = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        allowed = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY
-                   or (p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty)]
+        allowed = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY,
+                                                               p.POSITIONAL_OR_KEYWORD)]
         for key in node:
             if not str(key).startswith("_") and key not in params and not takes:
                 fail(f"{prefix}{key}", node[key], f"not an argument of {target}, which takes "
