@@ -202,3 +202,19 @@ def test_a_config_recorded_with_names_in_the_nodes_still_loads(tmp_path):
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(recorded))
     loaded = load_logged_config(tmp_path / "config.yaml")
     assert OmegaConf.to_container(loaded, resolve=True) == OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_a_new_component_is_one_yaml_file(tmp_path):
+    """A scheduler torch has and the lab never named: a file with its target and arguments."""
+    (tmp_path / "sched").mkdir()
+    (tmp_path / "sched" / "exponential.yaml").write_text(
+        "_target_: torch.optim.lr_scheduler.ExponentialLR\ngamma: 0.9\n")
+    searchpath = f"hydra.searchpath=[file://{tmp_path}]"
+    cfg = compose_config([searchpath, "sched=exponential"])
+    validate(cfg)
+    optimizer, scheduler = build_optimizer(cfg, build_model(cfg), steps_per_epoch=10)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.ExponentialLR)
+    assert scheduler.gamma == 0.9 and flatten(cfg)["sched.name"] == "exponential"
+    problem = first_problem([searchpath, "sched=exponential", "+sched.decay=0.5"])
+    assert problem.startswith("sched.decay=0.5 is not allowed: not an argument of "
+                              "torch.optim.lr_scheduler.ExponentialLR") and "gamma" in problem
