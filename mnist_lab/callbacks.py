@@ -136,7 +136,7 @@ def study_parent(config: DictConfig, name: str, tags: dict[str, str]):
 
 def settle_study(config: DictConfig, client, parent_id: str) -> int:
     """A trial whose process died (Optuna failed it: no heartbeat) left its MLflow run RUNNING:
-    mark that run FAILED too. Returns how many trials other processes are still running."""
+    mark that run KILLED, as liveness.reconcile does for any run whose process is gone. Returns how many trials other processes are still running."""
     from mnist_lab import study
 
     storage = study.open_storage(study.storage_url(config.hydra.sweeper, config.tracking))
@@ -144,9 +144,9 @@ def settle_study(config: DictConfig, client, parent_id: str) -> int:
     states = {str(t.number): t.state.name for t in storage.get_all_trials(study_id, deepcopy=False)}
     for run in children(client, parent_id):
         if run.info.status == "RUNNING" and states.get(run.data.tags.get("optuna.trial")) == "FAIL":
-            client.set_tag(run.info.run_id, "error", "its process stopped: no heartbeat for "
-                           f"hydra.sweeper.grace_period={config.hydra.sweeper.grace_period} s")
-            client.set_terminated(run.info.run_id, "FAILED")
+            client.set_tag(run.info.run_id, "killed_because", "its process stopped: no heartbeat "
+                           f"for hydra.sweeper.grace_period={config.hydra.sweeper.grace_period} s")
+            client.set_terminated(run.info.run_id, "KILLED")
     return sum(state == "RUNNING" for state in states.values())
 
 
@@ -210,7 +210,7 @@ def seed_spread(finished: list, swept: list[str]) -> list[dict]:
 
 def summarise(client, parent_id: str) -> int:
     """Table (CSV + Markdown), overlaid val/loss curves and the best child, on the parent;
-    returns how many jobs failed."""
+    returns how many jobs failed (a KILLED run was interrupted, not failed: it can be resumed)."""
     from mnist_lab.plots import overlay
     from mnist_lab.tracking import metric_curve, write_table
 
@@ -221,8 +221,9 @@ def summarise(client, parent_id: str) -> int:
                 math.isfinite(r.data.metrics.get("best/val_loss", math.inf))]
     pruned = [r for r in runs if r.data.tags.get("pruned") == "true"]
     running = [r for r in runs if r.info.status == "RUNNING"]  # another process's trials
+    killed = [r for r in runs if r.info.status == "KILLED"]  # interrupted: resumable, not failed
     spread = seed_spread(finished, swept)
-    failed = len(runs) - len(finished) - len(pruned) - len(running)
+    failed = len(runs) - len(finished) - len(pruned) - len(running) - len(killed)
     others = [k for k in swept if k != "seed"]
     comparison: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -236,7 +237,7 @@ def summarise(client, parent_id: str) -> int:
         overlay(curves, out / "sweep_val_loss.png", "val/loss", "validation loss per run")
         client.log_artifacts(parent_id, str(out))
     counts = {"runs": len(runs), "completed": len(finished), "pruned": len(pruned),
-              "failed": failed, "running": len(running)}
+              "failed": failed, "killed": len(killed), "running": len(running)}
     for key, count in counts.items():
         client.set_tag(parent_id, f"sweep.{key}", str(count))
     if finished:
@@ -252,6 +253,7 @@ def summarise(client, parent_id: str) -> int:
                 client.log_metric(parent_id, key, value)
     print(f"sweep summary: {len(runs)} runs: {len(finished)} completed"
           + (f", {len(pruned)} pruned" if pruned else "") + f", {failed} failed"
+          + (f", {len(killed)} killed" if killed else "")
           + (f", {len(running)} still running" if running else "")
           + (f", best {best.info.run_name} ({best.info.run_id})" if finished else ""))
     for row in spread:
@@ -267,7 +269,6 @@ def summarise(client, parent_id: str) -> int:
               f"mnist-lab compare --stats --parent {parent_id} --by KEY")
     for line in comparison:
         print(line)
-
     return failed
 
 def compare_configurations(client, finished: list, key: str, out: Path) -> list[str]:

@@ -39,7 +39,7 @@ def test_a_job_failing_before_its_run_exists_is_a_failed_run_and_fails_the_sweep
          f"data.root={tiny_data},{missing}", f"hydra.sweep.dir={tmp_path}/s"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr
-    assert "sweep summary: 2 runs, 1 failed" in result.stdout  # printed before the exit status
+    assert "sweep summary: 2 runs: 1 completed, 1 failed" in result.stdout  # before the exit status
     assert "1 job of this sweep failed" in result.stderr and "Traceback" not in result.stderr
     runs = runs_in(store(tmp_path))
     parent = next(r for r in runs if r.data.tags.get("sweep") == "true")
