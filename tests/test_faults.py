@@ -306,7 +306,7 @@ def test_a_diverging_job_in_a_sweep_fails_alone(tiny_data, tmp_path):
          "optim=sgd", "optim.lr=0.01,1e12", "dropout=none", f"hydra.sweep.dir={tmp_path}/s"],
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stderr  # after its summary: a sweep with failures
-    assert "sweep summary: 2 runs, 1 failed" in result.stdout
+    assert "sweep summary: 2 runs: 1 completed, 1 failed" in result.stdout
     assert "job failed" in result.stderr and "training loss became" in result.stderr
     runs = runs_in(store(tmp_path))
     parent = next(r for r in runs if r.data.tags.get("sweep") == "true")
