@@ -1,13 +1,17 @@
-# make run: the notebook study (both models) into MLflow; make test: the test suite.
+# make run: the notebook study (both models) into MLflow; make test: the test suite;
+# make quick: a first look in about a minute (experiment=quick).
 # Both bootstrap .venv on first use; ARGS passes Hydra overrides: make run ARGS="model=cnn".
+# make ui [PORT=5000]: the MLflow UI on this store; make serve MODEL=models:/mnist-cnn/1 [PORT=5001].
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 PYTEST_ARGS ?=
+PORT ?=
+MODEL ?=
 
-.PHONY: run test test-fast ui dashboard bench clean
+.PHONY: run quick test test-fast ui serve dashboard bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +22,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) run.py experiment=notebook $(ARGS)
 
+quick: $(STAMP)
+	$(PY) run.py experiment=quick $(ARGS)
+
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -25,13 +32,17 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 ui: $(STAMP)
-	@$(PY) -c "from mlflow import MlflowClient as C; e = C('sqlite:///$(CURDIR)/mlruns/mlflow.db').get_experiment_by_name('mnist-lab'); print('training runs: http://127.0.0.1:5000/#/experiments/%s/runs' % (e.experiment_id if e else 1))"
-	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port 5000 \
+	@$(PY) -c "from mlflow import MlflowClient as C; e = C('sqlite:///$(CURDIR)/mlruns/mlflow.db').get_experiment_by_name('mnist-lab'); print('training runs: http://127.0.0.1:$(or $(PORT),5000)/#/experiments/%s/runs' % (e.experiment_id if e else 1))"
+	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(or $(PORT),5000) \
 	  --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 	  --default-artifact-root $(CURDIR)/mlruns/artifacts
 
 dashboard: $(STAMP)
 	$(PY) -m mnist_lab.cli dashboard $(ARGS)
+
+serve: $(STAMP)
+	@test -n "$(MODEL)" || { echo "name the model: make serve MODEL=models:/NAME/VERSION (mnist-lab register makes one)"; exit 2; }
+	$(PY) -m mnist_lab.cli serve --model $(MODEL) --port $(or $(PORT),5001)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py $(ARGS)

@@ -179,8 +179,8 @@ def accuracy_of(report: str) -> float:
     return float(report.split("overall:")[1].split("%")[0]) / 100
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="about a minute, for CI")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))

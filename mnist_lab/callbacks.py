@@ -23,7 +23,7 @@ from mnist_lab.errors import ConfigError
 from mnist_lab.study import check, is_optuna_sweep
 from mnist_lab.tracking import PARENT_ID_FILE
 
-SUMMARY_METRICS = ("best/val_loss", "val/acc", "test/acc", "test/loss", "best_epoch")
+SUMMARY_METRICS = ("best/val_loss", "val/acc", "test/acc", "test/loss", "best/epoch")
 
 
 class MlflowSweepCallback(Callback):
@@ -86,9 +86,9 @@ class MlflowSweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_id is None:
             return
-        from mnist_lab.store import connect
+        from mnist_lab.store import connect, ui_url
 
-        client, _ = connect(config.tracking)
+        client, experiment_id = connect(config.tracking)
         status = "FAILED"
         try:
             running = settle_study(config, client, self.parent_id) if is_optuna_sweep(config) else 0
@@ -98,7 +98,11 @@ class MlflowSweepCallback(Callback):
             status = "KILLED"
             raise
         finally:
+            parent_id = self.parent_id
             self._close(client, status)
+        uri = f" --uri {config.tracking.uri}" if config.tracking.uri else ""
+        print(f"compare the sweep's runs: mnist-lab compare --parent {parent_id}{uri}\n"
+              f"MLflow: {ui_url(config.tracking, f'experiments/{experiment_id}/runs/{parent_id}')}")
         if failed:
             print(f"{failed} job{'s' if failed > 1 else ''} of this sweep failed; each run's "
                   "`error` tag says why", file=sys.stderr)
@@ -212,7 +216,8 @@ def summarise(client, parent_id: str) -> int:
     """Table (CSV + Markdown), overlaid val/loss curves and the best child, on the parent;
     returns how many jobs failed (a KILLED run was interrupted, not failed: it can be resumed)."""
     from mnist_lab.plots import overlay
-    from mnist_lab.tracking import metric_curve, write_table
+    from mnist_lab.tables import write_table
+    from mnist_lab.tracking import metric_curve
 
     runs = children(client, parent_id)
     swept = swept_keys(runs)
@@ -244,9 +249,11 @@ def summarise(client, parent_id: str) -> int:
         best = min(finished, key=lambda r: r.data.metrics["best/val_loss"])
         client.set_tag(parent_id, "best_run_id", best.info.run_id)
         client.set_tag(parent_id, "best_run_name", best.info.run_name)
-        client.log_metric(parent_id, "best/val_loss", best.data.metrics["best/val_loss"])
-        if "test/acc" in best.data.metrics:
-            client.log_metric(parent_id, "best/test_acc", best.data.metrics["test/acc"])
+        # best/*: the best child's, as best/* on a child is its best epoch's
+        for key, child_key in (("best/val_loss", "best/val_loss"), ("best/epoch", "best/epoch"),
+                               ("best/test_acc", "test/acc")):
+            if child_key in best.data.metrics:
+                client.log_metric(parent_id, key, best.data.metrics[child_key])
     if len(spread) == 1:  # one configuration over seeds: its spread belongs on the parent
         for key, value in spread[0].items():
             if key.startswith("test/acc_") and math.isfinite(value):
@@ -255,7 +262,8 @@ def summarise(client, parent_id: str) -> int:
           + (f", {len(pruned)} pruned" if pruned else "") + f", {failed} failed"
           + (f", {len(killed)} killed" if killed else "")
           + (f", {len(running)} still running" if running else "")
-          + (f", best {best.info.run_name} ({best.info.run_id})" if finished else ""))
+          + (f"; best (the lowest val/loss): {best.info.run_name} ({best.info.run_id})"
+             if finished else ""))
     for row in spread:
         where = ", ".join(f"{k}={row[k]}" for k in swept if k in row)
         std = row["test/acc_std"]  # NaN when only one seed of this configuration finished

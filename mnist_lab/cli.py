@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import shutil
 import sys
+from contextlib import contextmanager, redirect_stdout, suppress
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -33,7 +37,8 @@ def train(cfg: DictConfig) -> float:
         validate(cfg)  # before torch and MLflow are even imported: a typo answers at once
         from mnist_lab.job import run
 
-        return run(cfg)
+        with output_in_run_log():
+            return run(cfg)
     except TrialPruned as pruned:  # the Optuna sweeper reads it from the job's return
         print(f"Optuna trial {pruned}", file=sys.stderr)
         raise
@@ -50,6 +55,7 @@ def train(cfg: DictConfig) -> float:
 
                 record_failed_job(cfg, err)
             return WORST_OBJECTIVE
+        discard_refused_run_folder()
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     except DivergedError as err:  # the FAILED run keeps the traceback; the user needs one line
@@ -66,6 +72,54 @@ def train(cfg: DictConfig) -> float:
 
         record_failed_job(cfg, err)  # unless its run recorded it already
         return WORST_OBJECTIVE
+
+
+class CopyTo:
+    """A text stream that also appends what it is given to a file."""
+
+    def __init__(self, stream, file):
+        self.stream, self.file = stream, file
+
+    def write(self, text: str) -> int:
+        self.file.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def output_in_run_log():
+    """What a run prints also goes to its Hydra run.log (beside Hydra's own log records)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        yield
+        return
+    hydra = HydraConfig.get()
+    path = Path(hydra.runtime.output_dir) / f"{hydra.job.name}.log"
+    with open(path, "a") as log, redirect_stdout(CopyTo(sys.stdout, log)):
+        yield
+
+
+def discard_refused_run_folder() -> None:
+    """Hydra makes a run's outputs/DATE/TIME folder before the config is checked; a refused
+    run removes it again, when nothing but Hydra's .hydra/ and run.log is in it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    out = Path(HydraConfig.get().runtime.output_dir)
+    if out.is_dir() and out != Path.cwd() and {p.name for p in out.iterdir()} <= {
+            ".hydra", f"{HydraConfig.get().job.name}.log"}:
+        shutil.rmtree(out)
+        if out.parent.parent.name == "outputs":  # the day's folder, if this was its only run
+            with suppress(OSError):
+                out.parent.rmdir()
 
 
 def resume_hint(cfg: DictConfig) -> str:
@@ -105,16 +159,29 @@ def rerun(args: argparse.Namespace) -> int:
     return 0
 
 
+USAGE = """Work with the runs that `python run.py` trained and logged to MLflow.
+
+Train with run.py (python run.py --help); then compare the runs, re-evaluate, register and serve
+their models, classify your own digit images, or repeat a run. `mnist-lab COMMAND --help` says more.
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mnist-lab", description=__doc__)
+    # MLflow's per-file download bars would come before every answer; MLFLOW_... =true shows them
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    parser = argparse.ArgumentParser(prog="mnist-lab", description=USAGE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    from mnist_lab import compare, liveness, predict, serving
+    from mnist_lab import compare, liveness, predict, registry
 
     compare.add_parser(commands)
     liveness.add_parser(commands)
     predict.add_parser(commands)
-    serving.add_parsers(commands)
-    again = commands.add_parser("rerun", help="repeat a logged run from its recorded config")
+    registry.add_parsers(commands)
+    again = commands.add_parser("rerun", help="repeat a logged run from its recorded config",
+                                description="Train again from the resolved config.yaml a run "
+                                            "logged, as a new MLflow run (same seed: same "
+                                            "metrics).")
     again.add_argument("run_id")
     again.add_argument("--uri", default=None, help="tracking URI (default as run.py)")
     again.add_argument("--experiment", default="mnist-lab")
@@ -156,7 +223,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from mnist_lab.schema import PROJECT_ROOT
 
     script = runpy.run_path(str(PROJECT_ROOT / "benchmarks" / "bench.py"))
-    return script["main"](args.options)
+    return script["main"](args.options, prog="mnist-lab bench")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ from mnist_lab.errors import ConfigError
 
 COLUMNS = ("run", "model", "optim", "lr", "dropout", "init", "best_val_loss", "test_acc",
            "weakest_class", "wall_s")
+# shown after `init` when they differ between the listed runs (status: when one is not FINISHED)
+VARYING = {"epochs": "train.epochs", "batch_size": "train.batch_size", "limit": "data.limit",
+           "seed": "seed", "sched": "sched.name"}
 SORT_KEYS = ("best_val_loss", "test_acc", "wall_s", "lr", "run")
 
 
@@ -41,6 +44,8 @@ def row_for(run) -> dict:
         "lr": float(params.get("optim.lr", "nan")),
         "dropout": float(params.get("dropout.p", "nan")),
         "init": params.get("init.name", ""),
+        **{column: None if params.get(key) in (None, "None") else params[key]
+           for column, key in VARYING.items()},  # data.limit=None is logged as "None"
         "best_val_loss": metrics.get("best/val_loss"),
         "test_acc": metrics.get("test/acc"),
         "weakest_class": f"{weakest} ({per_class[weakest]:.4f})" if weakest is not None else "",
@@ -84,22 +89,26 @@ def sort_rows(rows: list[dict], key: str, descending: bool) -> list[dict]:
     return sorted(present, key=lambda r: r[key], reverse=descending) + missing
 
 
-def format_table(rows: list[dict]) -> str:
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}" if value < 1 or value != int(value) else f"{value:.1f}"
-        return "-" if value is None else str(value)
+def columns_for(rows: list[dict]) -> list[str]:
+    """COLUMNS, with the VARYING settings that differ between these runs, and their status
+    when one did not finish (a KILLED run's metrics are blank: the status says why)."""
+    varying = [c for c in VARYING if len({r[c] for r in rows}) > 1]
+    if any(r["status"] != "FINISHED" for r in rows):
+        varying.append("status")
+    at = COLUMNS.index("init") + 1
+    return [*COLUMNS[:at], *varying, *COLUMNS[at:]]
 
-    cells = [[cell(r[c]) for c in COLUMNS] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
+
+def format_table(rows: list[dict]) -> str:
+    from mnist_lab.tables import text_table
+
+    return text_table(rows, columns_for(rows))
 
 
 def write_outputs(client, runs: list, rows: list[dict], out: Path, title: str) -> None:
     from mnist_lab import plots
-    from mnist_lab.tracking import metric_curve, write_table
+    from mnist_lab.tables import write_table
+    from mnist_lab.tracking import metric_curve
 
     out.mkdir(parents=True, exist_ok=True)
     write_table(rows, out / "compare.csv", out / "compare.md")
@@ -206,7 +215,7 @@ def compare_stats(client, runs: list, key: str, out: Path | None = None) -> list
 
 def write_comparison(comparisons: list, lines: list[str], out: Path) -> None:
     from mnist_lab import plots, stats
-    from mnist_lab.tracking import write_table
+    from mnist_lab.tables import write_table
 
     out.mkdir(parents=True, exist_ok=True)
     rows = [row for c in comparisons for row in stats.table_rows(c)]

@@ -1,12 +1,14 @@
-"""What identifies a run: the config keys that change what it computes, and the config flattened.
+"""What identifies a run: the config keys that change what it computes, the config flattened,
+and the run's name.
 
-One home for both, used by the checkpoint folder (`config_key`), the MLflow params and the run
-name. Torch-free, so run.py can use it before any heavy import.
+One home for these, used by the checkpoint folder (`config_key`), the MLflow params (`flatten`)
+and the MLflow run name (`run_name`). Torch-free, so run.py can use it before any heavy import.
 """
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,10 +35,13 @@ def leaves(container: dict, prefix: str = ""):
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
-    """The resolved config as `a.b.c` -> value strings, the form MLflow params take; a group's
-    choice (`choices.model`) is the param `model.name`, the name users filter on."""
+    """The user's knobs as `a.b.c` -> value strings, the form MLflow params take: Hydra's own
+    keys (`_target_`, `_partial_`) and bookkeeping (NOT_IDENTITY) are left out, but not `eval`,
+    whose `tta` changes the test result; a group's choice (`choices.model`) is the param
+    `model.name`, the name users filter on."""
     return {param_name(key): str(value)
-            for key, value in leaves(OmegaConf.to_container(cfg, resolve=True))}
+            for key, value in leaves(OmegaConf.to_container(cfg, resolve=True))
+            if "._" not in f".{key}" and (identifies_run(key) or key.startswith("eval."))}
 
 
 def param_name(key: str) -> str:
@@ -50,3 +55,39 @@ def config_key(cfg: DictConfig) -> str:
                   for key, value in leaves(OmegaConf.to_container(cfg, resolve=True))
                   if identifies_run(key))
     return hashlib.sha256(repr(kept).encode()).hexdigest()[:16]
+
+
+def sweep_fixed_keys() -> set[str]:
+    """The keys this sweep's command line set to one value for every job (multirun.yaml)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return set()
+    path = Path(HydraConfig.get().sweep.dir) / "multirun.yaml"
+    given = OmegaConf.load(path).hydra.overrides.task if path.is_file() else []
+    return {o.partition("=")[0].lstrip("+~") for o in given
+            if not any(c in o.partition("=")[2] for c in ",(")}  # not `a,b` nor `range(...)`
+
+
+def run_name(cfg: DictConfig, overrides: list[str], fixed_keys: set[str] | None = None) -> str:
+    """What this run was given, swept values first so a sweep's children read apart in the
+    UI's narrow name column, then model, optimizer, lr and dropout, then what a sweep fixed for
+    all its runs: `lr0.003-cnn-adam-p0.2-epochs5`."""
+    fixed_keys = sweep_fixed_keys() if fixed_keys is None else fixed_keys
+    base = {"model": cfg.choices.model, "optim": cfg.choices.optim,
+            "optim.lr": f"lr{cfg.optim.lr:g}", "dropout.p": f"p{cfg.dropout.p:g}"}
+    swept, fixed = [], []
+    for override in (o.lstrip("+~") for o in overrides):
+        key, _, value = override.partition("=")
+        if key.startswith("hydra.") or key in ("experiment", "data.root") \
+                or not identifies_run(key):
+            continue
+        if key in base:
+            token = base.pop(key)
+        elif key in cfg and OmegaConf.is_dict(cfg[key]):  # a group choice: `xavier`, `no-sched`
+            token = f"no-{key}" if value == "none" else value
+        else:  # a knob: its last name and value, `epochs5`
+            token = key.rsplit(".", 1)[-1] + value
+        (fixed if key in fixed_keys else swept).append(token)
+    return "-".join([*swept, *base.values(), *fixed])

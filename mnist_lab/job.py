@@ -16,7 +16,7 @@ from mnist_lab import checkpoint, stats, store, tracking
 from mnist_lab.checkpoint import TrainingState, save_every_epoch
 from mnist_lab.data import load_mnist, split_seed
 from mnist_lab.evaluate import evaluate, report
-from mnist_lab.identity import config_key
+from mnist_lab.identity import config_key, run_name
 from mnist_lab.models import build_model, count_parameters
 from mnist_lab.pruning import trial_hook
 from mnist_lab.schema import ConfigError, validate
@@ -79,7 +79,7 @@ def output_dir() -> Path:
 
 def write_outputs(out: Path, cfg: DictConfig, state: TrainingState, test, data) -> None:
     """Everything a run leaves behind, in its output folder (MLflow logs the folder as is)."""
-    from mnist_lab.tracking import write_table
+    from mnist_lab.tables import write_table
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -93,8 +93,18 @@ def write_outputs(out: Path, cfg: DictConfig, state: TrainingState, test, data) 
     if cfg.plots:  # matplotlib costs ~0.3 s to import, so only when figures are wanted
         from mnist_lab import plots
 
-        plots.write_run_figures(out, cfg.choices.model, state.history, state.best_epoch, test,
-                            data.test_images, data.test_labels)
+        plots.write_run_figures(out, figure_label(cfg), state.history, state.best_epoch, test,
+                                data.test_images, data.test_labels)
+
+
+def figure_label(cfg: DictConfig) -> str:
+    """The run's name, then epochs, batch size and data.limit where the name does not say them."""
+    name = run_name(cfg, tracking.hydra_context()[0])
+    extra = [(f"epochs{cfg.train.epochs}", f"{cfg.train.epochs} epochs"),
+             (f"batch_size{cfg.train.batch_size}", f"batch {cfg.train.batch_size}")]
+    if cfg.data.limit:
+        extra.append((f"limit{cfg.data.limit}", f"{cfg.data.limit} training images"))
+    return ", ".join([name, *(text for token, text in extra if token not in name.split("-"))])
 
 
 def find_resume(cfg: DictConfig) -> dict | None:
@@ -185,9 +195,23 @@ def run(cfg: DictConfig) -> float:
         model.load_state_dict(state.best_state)
         test = evaluate(model, data.test_images, data.test_labels, cfg.eval.batch_size,
                         tta=cfg.eval.tta)
-        print(f"best epoch {state.best_epoch} (val/loss {state.best_val_loss:.4f})")
+        print(f"best epoch {state.best_epoch} of {cfg.train.epochs}: the lowest val/loss "
+              f"({state.best_val_loss:.4f}; * marks each new lowest); its weights are tested")
         print(report(test, f"{cfg.choices.model} on the test set"), flush=True)
         out = output_dir()
         write_outputs(out, cfg, state, test, data)
         run_tracker.finish(model, state, test, out)
+    print(where_to_look(cfg, out, run_tracker), flush=True)
     return state.best_val_loss
+
+
+def where_to_look(cfg: DictConfig, out: Path, run_tracker: tracking.NoTracking) -> str:
+    """The closing lines of a run: its files, its MLflow page and the comparison command."""
+    shown = os.path.relpath(out) if out.is_relative_to(Path.cwd()) else str(out)
+    lines = [f"files: {shown}/ (report.txt, figures, best.pth, config.yaml)"]
+    if run_tracker.run_id:
+        page = f"experiments/{run_tracker.experiment_id}/runs/{run_tracker.run_id}"
+        lines += [f"MLflow: {store.ui_url(cfg.tracking, page)}",
+                  "compare with the other runs: mnist-lab compare"
+                  + (f" --uri {cfg.tracking.uri}" if cfg.tracking.uri else "")]
+    return "\n".join(lines)

@@ -1,8 +1,13 @@
-"""The notebook's figures, as PNG files: loss curves, per-class accuracy, confusion, predictions."""
+"""The notebook's figures, as PNG files: loss curves, per-class accuracy, confusion, predictions.
+
+Each title names the run and its key settings, so two saved PNGs are told apart; they are sized
+to stay readable in the MLflow UI's artifact preview, which shows them about 700 pixels wide.
+"""
 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,6 +15,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never opens a window
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.colors import PowerNorm  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 if TYPE_CHECKING:  # torch only for annotations: `mnist-lab compare` draws without importing it
     import torch
@@ -18,72 +25,94 @@ if TYPE_CHECKING:  # torch only for annotations: `mnist-lab compare` draws witho
 
 
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
+def _epoch_axis(ax, epochs: int) -> None:
+    """Whole epochs only (never 1.5), with room around a run of one epoch."""
+    epochs = max(epochs, 1)
+    if epochs <= 15:
+        ax.set_xticks(range(1, epochs + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.5, epochs + 0.5)
+
+
 def loss_curves(history: dict[str, list[float]], best_epoch: int, path: Path, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
     epochs = range(1, len(history["train/loss"]) + 1)
-    ax.plot(epochs, history["train/loss"], label="train/loss")
-    ax.plot(epochs, history["val/loss"], label="val/loss")
-    ax.axvline(best_epoch, color="grey", linestyle="--", label=f"best epoch {best_epoch}")
-    ax.set(xlabel="epoch", ylabel="cross-entropy", title=title)
+    # markers: a run of one or two epochs still shows its points
+    ax.plot(epochs, history["train/loss"], marker="o", label="train/loss")
+    ax.plot(epochs, history["val/loss"], marker="s", label="val/loss")
+    ax.axvline(best_epoch, color="grey", linestyle="--",
+               label=f"best epoch {best_epoch} (lowest val/loss)")
+    ax.set(xlabel="epoch", ylabel="cross-entropy")
+    ax.set_title(title, fontsize=10)
+    _epoch_axis(ax, len(epochs))
     ax.legend()
     return _save(fig, path)
 
 
 def class_accuracy(test: EvalResult, path: Path, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """Errors per class from zero, so bar heights compare honestly; accuracies as labels."""
+    fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
     accuracy = 100 * test.class_accuracy
-    bars = ax.bar(range(len(accuracy)), accuracy.tolist(), color="tab:blue")
-    ax.bar_label(bars, fmt="%.1f", fontsize=8)
-    low = max(0.0, float(accuracy.min()) - 2)
-    ax.set(xlabel="digit", ylabel="test accuracy (%)", xticks=range(len(accuracy)),
-           ylim=(low, 100.5), title=title)
+    bars = ax.bar(range(len(accuracy)), (100 - accuracy).tolist(), color="tab:red")
+    ax.bar_label(bars, labels=[f"{a:.1f}%" for a in accuracy.tolist()], fontsize=9)
+    ax.set(xlabel="digit (bar labels: test accuracy)", ylabel="test error (%), lower is better",
+           xticks=range(len(accuracy)))
+    ax.set_ylim(0, max(1.0, float((100 - accuracy).max())) * 1.15)
+    ax.set_title(title, fontsize=10)
     return _save(fig, path)
 
 
 def confusion(test: EvalResult, path: Path, title: str) -> Path:
+    """Counts in each cell (zeros left blank); the colour is the share of the true class, on a
+    power scale so that a handful of mistakes still shows."""
     counts = test.confusion
-    normalised = counts.double() / counts.sum(dim=1, keepdim=True).clamp(min=1)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    for ax, matrix, label, fmt in ((axes[0], counts, "counts", "{:d}"),
-                                   (axes[1], normalised, "row-normalised", "{:.3f}")):
-        ax.imshow(matrix.numpy(), cmap="Blues")
-        for (i, j), value in zip(((i, j) for i in range(len(matrix)) for j in range(len(matrix))),
-                                 matrix.flatten().tolist()):
-            ax.text(j, i, fmt.format(value), ha="center", va="center", fontsize=6,
-                    color="white" if value > matrix.max().item() / 2 else "black")
-        ax.set(xlabel="predicted", ylabel="true", title=f"{title}: {label}",
-               xticks=range(len(matrix)), yticks=range(len(matrix)))
+    share = counts.double() / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    fig, ax = plt.subplots(figsize=(7, 6.5), layout="constrained")
+    ax.imshow(share.numpy(), cmap="Blues", norm=PowerNorm(0.3, vmin=0, vmax=1))
+    classes = len(counts)
+    for i in range(classes):
+        for j in range(classes):
+            if counts[i, j]:
+                ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=10,
+                        color="white" if share[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted", ylabel="true", xticks=range(classes), yticks=range(classes))
+    ax.set_title(title, fontsize=10)
     return _save(fig, path)
 
 
 def digit_grid(images: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor,
                path: Path, title: str, extra: list[str] | None = None) -> Path:
-    """Images titled `pred (true)`, blue when right and red when wrong, as in the notebook."""
+    """Images captioned `predicted (true)`, blue when right and red when wrong, as in the
+    notebook; `extra` adds a second caption line."""
     count = len(images)
     columns = min(10, max(count, 1))
     rows = max(1, -(-count // columns))
-    fig = plt.figure(figsize=(columns * 1.3, rows * 1.6 + 0.4))
+    fig = plt.figure(figsize=(columns * 1.2, rows * (1.75 if extra else 1.5) + 0.7),
+                     layout="constrained")
     for i in range(count):
         ax = fig.add_subplot(rows, columns, i + 1, xticks=[], yticks=[])
         ax.imshow(images[i].cpu().numpy(), cmap="gray")
         right = int(predictions[i]) == int(labels[i])
         caption = f"{int(predictions[i])} ({int(labels[i])})" + (f"\n{extra[i]}" if extra else "")
-        ax.set_title(caption, color="blue" if right else "red", fontsize=9)
-    fig.suptitle(title)
+        ax.set_title(caption, color="blue" if right else "red", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 
 def overlay(curves: dict[str, list[float]], path: Path, ylabel: str, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    """One line per run; runs of a single epoch show as a point."""
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     for name, values in curves.items():
-        ax.plot(range(1, len(values) + 1), values, label=name)
-    ax.set(xlabel="epoch", ylabel=ylabel, title=title)
+        ax.plot(range(1, len(values) + 1), values, marker="o", markersize=4, label=name)
+    ax.set(xlabel="epoch", ylabel=ylabel)
+    ax.set_title(title, fontsize=10)
+    _epoch_axis(ax, max((len(v) for v in curves.values()), default=1))
     if curves:
         ax.legend(fontsize=7)
     return _save(fig, path)
@@ -93,7 +122,8 @@ def intervals(panels: dict[str, list[tuple[str, float, float, float]]], path: Pa
               xlabel: str) -> Path:
     """One panel per title: each row's value as a dot and its interval (NaN: none) as a bar."""
     height = 1 + sum(0.6 + 0.3 * len(rows) for rows in panels.values())
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7, height), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, height), squeeze=False,
+                             layout="constrained")
     for ax, (title, rows) in zip(axes[:, 0], panels.items()):
         y = list(range(len(rows)))[::-1]  # first row on top
         values = [value for _, value, _, _ in rows]
@@ -107,19 +137,24 @@ def intervals(panels: dict[str, list[tuple[str, float, float, float]]], path: Pa
     return _save(fig, path)
 
 
-def write_run_figures(out: Path, name: str, history: dict[str, list[float]], best_epoch: int,
+def write_run_figures(out: Path, label: str, history: dict[str, list[float]], best_epoch: int,
                       test: EvalResult, test_images: torch.Tensor,
                       test_labels: torch.Tensor) -> list[Path]:
-    """All per-run figures into `out`; returns their paths."""
+    """All per-run figures into `out`; `label` (the run's name and settings) heads each title."""
+    label = textwrap.fill(label, 80)  # the title fits the figure's width
     mistakes = (test.predictions != test_labels.cpu()).nonzero().flatten()
     worst = mistakes[test.confidence[mistakes].argsort(descending=True)][:20]
     return [
-        loss_curves(history, best_epoch, out / "loss_curves.png", f"{name}: loss"),
-        class_accuracy(test, out / "class_accuracy.png", f"{name}: per-class test accuracy"),
-        confusion(test, out / "confusion_matrix.png", name),
+        loss_curves(history, best_epoch, out / "loss_curves.png", f"loss per epoch\n{label}"),
+        class_accuracy(test, out / "class_accuracy.png", f"test error per class\n{label}"),
+        confusion(test, out / "confusion_matrix.png",
+                  f"test confusion matrix (counts; colour: share of the true class)\n{label}"),
         digit_grid(test_images[:20], test_labels[:20], test.predictions[:20],
-                   out / "test_predictions.png", f"{name}: first 20 test images, pred (true)"),
+                   out / "test_predictions.png",
+                   f"first 20 test images, captioned predicted (true); red: wrong\n{label}"),
         digit_grid(test_images[worst], test_labels[worst], test.predictions[worst],
-                   out / "confident_mistakes.png", f"{name}: most confident mistakes",
-                   extra=[f"{c:.2f}" for c in test.confidence[worst].tolist()]),
+                   out / "confident_mistakes.png",
+                   "the most confident mistakes, captioned predicted (true) and the model's "
+                   f"probability for its wrong answer\n{label}",
+                   extra=[f"{c:.0%}" for c in test.confidence[worst].tolist()]),
     ]

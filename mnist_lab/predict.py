@@ -79,7 +79,7 @@ def classify(model: torch.nn.Module, images: torch.Tensor, top: int = 3) -> list
 
 
 def predict(args: argparse.Namespace) -> int:
-    from mnist_lab.serving import ModelSourceError, load_model
+    from mnist_lab.registry import ModelSourceError, load_model
 
     try:
         model = load_model(args.run, args.model, args.checkpoint, args.config, args.uri)

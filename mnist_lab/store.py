@@ -114,6 +114,16 @@ def connect(tracking: DictConfig):
         raise TrackingError(f"MLflow store {uri} failed: {reason}; {hint}") from None  # no SQL
 
 
+def ui_url(tracking: DictConfig, page: str) -> str:
+    """Where the MLflow UI shows `page` (`experiments/1/runs/ID`), and how to start it."""
+    uri = resolve_uri(tracking)
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/{page}"
+    default = uri == f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
+    start = "make ui" if default else f"mlflow ui --backend-store-uri {uri}"
+    return f"http://127.0.0.1:5000/#/{page}  (start the UI: {start})"
+
+
 def client_for(uri: str | None, experiment: str = "mnist-lab"):
     """A client on the store run.py would use (or `uri`), for the mnist-lab commands."""
     return connect(OmegaConf.create({"uri": uri, "experiment": experiment}))[0]

@@ -7,7 +7,6 @@ MLflow is imported only here and in `store`, only when tracking is on: it costs 
 
 from __future__ import annotations
 
-import csv
 import sys
 import traceback
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab.errors import LabError, TrackingError, TrialPruned
-from mnist_lab.identity import flatten, identifies_run
+from mnist_lab.identity import flatten, run_name
 from mnist_lab.store import connect
 
 PARENT_ID_FILE = "mlflow_parent_run_id"  # in the sweep folder, written by the sweep callback
@@ -47,16 +46,6 @@ def hydra_context() -> tuple[list[str], str | None]:
     if hydra.mode == RunMode.MULTIRUN and parent_file.is_file():
         parent = parent_file.read_text().strip()
     return list(hydra.overrides.task), parent
-
-
-def run_name(cfg: DictConfig, overrides: list[str]) -> str:
-    """`cnn-adam-lr0.001-p0.2`, then any other override, so runs read apart in the UI."""
-    name = f"{cfg.choices.model}-{cfg.choices.optim}-lr{cfg.optim.lr:g}-p{cfg.dropout.p:g}"
-    covered = ("model", "optim", "optim.lr", "dropout", "dropout.p", "experiment", "data.root")
-    keys = [o.lstrip("+~") for o in overrides]
-    extra = [o for o in keys if not o.startswith("hydra.")
-             and o.split("=", 1)[0] not in covered and identifies_run(o.split("=", 1)[0])]
-    return "-".join([name, *extra])
 
 
 class NoTracking:
@@ -109,8 +98,7 @@ class MlflowRun(NoTracking):
         run = self.client.create_run(self.experiment_id, tags=tags,
                                      run_name=run_name(self.cfg, self.overrides))
         self.run_id = run.info.run_id
-        params = {**flatten(self.cfg), **params}
-        params.pop("resume")  # a resumed run keeps its params; this one differs
+        params = {**flatten(self.cfg), **params}  # no `resume`: a resumed run keeps its params
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=items[i:i + 100])
@@ -167,20 +155,17 @@ class MlflowRun(NoTracking):
                               tags=[RunTag(*heartbeat().popitem())])  # same write, no cost
 
     def finish(self, model, state, test, out: Path) -> None:
-        import mlflow
-
         metrics = {"test/loss": test.loss, "test/acc": test.accuracy,
-                   "best_epoch": state.best_epoch, "best/val_loss": state.best_val_loss}
+                   "best/epoch": state.best_epoch, "best/val_loss": state.best_val_loss}
         metrics.update({f"test/acc_class_{d}": a for d, a in enumerate(test.class_accuracy.tolist())})
         self.log_metrics(metrics)
         self.client.log_artifacts(self.run_id, str(out))
         if self.cfg.tracking.log_model:
-            from mnist_lab.serving import log_pytorch_model
+            from mnist_lab.registry import log_pytorch_model
 
             log_pytorch_model(model, self.run_id)
         self.client.set_terminated(self.run_id, "FINISHED")
         self.closed = True  # a stop signal from here on leaves it FINISHED
-        print(f"MLflow run {self.run_id} in {mlflow.get_tracking_uri()}")
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None or self.closed:
@@ -225,15 +210,3 @@ def record_failed_job(cfg: DictConfig, err: Exception) -> None:
         MlflowRun(cfg).record_failure(err)
     except Exception as store_err:  # the job's own error is the one to report
         print(f"could not record the failure in MLflow: {store_err}", file=sys.stderr)
-
-
-def write_table(rows: list[dict], csv_path: Path, md_path: Path) -> None:
-    """The same rows as CSV and as a Markdown table."""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
-    md_path.write_text("\n".join(lines) + "\n")

@@ -61,11 +61,13 @@ def train_epoch(model: nn.Module, data: MNIST, optimizer: torch.optim.Optimizer,
     first_bad = torch.full((), -1, dtype=torch.long, device=device)
     bad_loss = torch.zeros((), device=device)
     steps = batches(data.train_images, data.train_labels, recipe.batch_size, generator)
+    bar = None
     if show_progress(recipe.progress):
         from tqdm import tqdm
 
-        steps = tqdm(steps, total=math.ceil(len(data.train_images) / recipe.batch_size),
-                     desc=f"epoch {epoch}", leave=False, file=sys.stderr)
+        steps = bar = tqdm(steps, total=math.ceil(len(data.train_images) / recipe.batch_size),
+                           desc=f"epoch {epoch}/{recipe.epochs}", leave=False, file=sys.stderr)
+    seen = 0
     for step, (x, y) in enumerate(steps, start=1):
         if recipe.augment is not None:
             x = random_affine(x, *recipe.augment, generator=generator)
@@ -80,6 +82,9 @@ def train_epoch(model: nn.Module, data: MNIST, optimizer: torch.optim.Optimizer,
         diverged = (first_bad < 0) & ~(loss <= recipe.divergence_loss)  # NaN compares false
         first_bad = torch.where(diverged, step, first_bad)
         bad_loss = torch.where(diverged, loss, bad_loss)
+        seen += len(y)
+        if bar is not None and step % 50 == 0:  # the running loss: a host sync, so not per step
+            bar.set_postfix_str(f"train/loss {loss_sum.item() / seen:.4f}", refresh=False)
     bad_step = int(first_bad)
     if bad_step >= 0:
         value = float(bad_loss)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import socket
 import struct
 import subprocess
 import sys
@@ -74,3 +75,9 @@ def run_lab(args: list[str], cwd: Path | None = None, timeout: float = 300,
     """`python run.py ARGS` in a subprocess, as a user would type it."""
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd or ROOT,
                           capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -81,4 +81,4 @@ def test_resume_of_a_finished_run_says_so_and_leaves_it_alone(tiny_data, tmp_pat
     client = MlflowClient(store(tmp_path))
     assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 2  # one per epoch
     assert len(client.get_metric_history(run.info.run_id, "test/acc")) == 1
-    assert len(client.get_metric_history(run.info.run_id, "best_epoch")) == 1
+    assert len(client.get_metric_history(run.info.run_id, "best/epoch")) == 1

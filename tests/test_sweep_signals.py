@@ -19,7 +19,7 @@ EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
 LAUNCHERS = {"basic": ["seed=1,2"], "parallel": ["launcher=parallel", "launcher.n_jobs=2",
                                                  "seed=1,2,3"]}
 # the line a job prints once its first epoch is done, and once its run is FINISHED
-MOMENTS = {"during a job": "epoch   1/", "between jobs": "MLflow run "}
+MOMENTS = {"during a job": "epoch   1/", "between jobs": "files: "}
 
 
 class Sweep:

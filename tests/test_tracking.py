@@ -1,6 +1,5 @@
 import csv
 import math
-import socket
 import statistics
 import subprocess
 import sys
@@ -13,16 +12,17 @@ import requests
 import torch
 from mlflow import MlflowClient
 
-from conftest import compose_config, run_lab, tiny_overrides
+from conftest import compose_config, free_port, run_lab, tiny_overrides
 from mnist_lab import job
 from mnist_lab.callbacks import seed_spread, swept_keys
 from mnist_lab.data import load_mnist
 from mnist_lab.evaluate import evaluate
 from mnist_lab.stats import PREDICTIONS, read_predictions
+from mnist_lab.identity import run_name
 from mnist_lab.tracking import TrackingError
 
 EPOCH_METRICS = {"train/loss", "val/loss", "val/acc", "lr", "epoch_seconds", "samples_per_second"}
-FINAL_METRICS = {"test/loss", "test/acc", "best_epoch", "best/val_loss",
+FINAL_METRICS = {"test/loss", "test/acc", "best/epoch", "best/val_loss",
                  *(f"test/acc_class_{d}" for d in range(10))}
 ARTIFACTS = {"config.yaml", "best.pth", "per_class.csv", "per_class.md", "report.txt",
              "loss_curves.png", "class_accuracy.png", "confusion_matrix.png",
@@ -92,12 +92,6 @@ def test_tracking_off_touches_no_store(tiny_data, tmp_path, monkeypatch):
     assert not (tmp_path / "store").exists()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_server_fails_fast_before_any_work(tiny_data, tmp_path):
     start = time.monotonic()
     result = run_lab([*tiny_overrides(tiny_data), "tracking=server",
@@ -155,6 +149,15 @@ def test_a_sweep_nests_its_runs_under_one_parent_with_a_summary(tiny_data, tmp_p
     assert {"sweep_summary.csv", "sweep_summary.md", "sweep_val_loss.png"} <= artifacts
     best = min(children, key=lambda c: c.data.metrics["best/val_loss"])
     assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert f"best (the lowest val/loss): {best.info.run_name}" in result.stdout
+    assert f"mnist-lab compare --parent {parent.info.run_id}" in result.stdout
+    assert parent.data.metrics["best/epoch"] == best.data.metrics["best/epoch"]
+    assert parent.data.metrics["best/test_acc"] == best.data.metrics["test/acc"]
+    # the swept value comes first in a child's name; the params are the user's knobs only
+    assert sorted(c.info.run_name.split("-p0.2-")[0] for c in children) == ["cnn-adam-lr0.001",
+                                                                           "ffnn-adam-lr0.001"]
+    assert not [k for c in children for k in c.data.params
+                if "_target_" in k or "_partial_" in k or k.startswith("tracking.")]
     summary = client.download_artifacts(parent.info.run_id, "sweep_summary.csv", str(tmp_path))
     text = open(summary).read()
     assert "model.name" in text and "ffnn" in text and "cnn" in text
@@ -264,3 +267,17 @@ def test_a_run_logged_through_a_real_server_reads_back_over_rest(tiny_data, tmp_
     assert len(history.json()["metrics"]) == 2
     files = requests.get(f"{api}/artifacts/list", params={"run_id": run["info"]["run_id"]})
     assert "best.pth" in {f["path"] for f in files.json()["files"]}
+
+
+def test_run_names_start_with_the_values_the_run_was_given():
+    cfg = compose_config(["model=cnn", "optim.lr=3e-3", "init=xavier", "sched=none", "seed=3"])
+    assert run_name(cfg, []) == "cnn-adam-lr0.003-p0.2"
+    assert run_name(cfg, ["seed=3", "init=xavier", "sched=none", "tracking.uri=sqlite:///x.db"]) \
+        == "seed3-xavier-no-sched-cnn-adam-lr0.003-p0.2"
+    # a sweep's children: what the sweep varied first, what it fixed for all of them last
+    fixed = ["train.epochs=5", "data.limit=600"]
+    names = [run_name(compose_config(["model=cnn", f"optim.lr={lr}"]),
+                      [*fixed, "model=cnn", f"optim.lr={lr}"],
+                      fixed_keys={"train.epochs", "data.limit"}) for lr in ("1e-3", "3e-3")]
+    assert names[1] == "cnn-lr0.003-adam-p0.2-epochs5-limit600"
+    assert names[0][:12] != names[1][:12]

@@ -1,16 +1,22 @@
 """Beyond the notebook: cnn_bn, augmentation, TTA, and using trained models (predict, evaluate,
-register)."""
+register, serve)."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import mlflow
 import numpy as np
 import pytest
+import requests
 import torch
 from PIL import Image
 from torch import nn
 
-from conftest import REAL_DATA, compose_config, tiny_overrides
+from conftest import REAL_DATA, compose_config, free_port, tiny_overrides
 from mnist_lab import job
 from mnist_lab.augment import random_affine, shift, tta_logits
 from mnist_lab.cli import main
@@ -223,7 +229,9 @@ def to_mnist_from_array(array):
 def test_evaluate_reproduces_the_logged_accuracy(trained_run, capsys):
     uri, run, _ = trained_run
     assert main(["evaluate", "--run", run.info.run_id, "--uri", uri]) == 0
-    assert "reproduced exactly" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "reproduced exactly" in out
+    assert "Downloading artifacts" not in err  # MLflow's progress bars stay quiet
 
 
 def test_register_then_load_by_name(trained_run):
@@ -238,3 +246,43 @@ def test_register_then_load_by_name(trained_run):
     local.eval()
     with torch.inference_mode():
         assert torch.allclose(model(x), local(x), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_registered_model_is_served_without_an_activated_venv(trained_run, capsys):
+    uri, run, _ = trained_run
+    assert main(["register", "--run", run.info.run_id, "--name", "mnist-serve", "--uri", uri]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"registered run {run.info.run_id} as models:/mnist-serve/1\n"
+    assert "no artifacts" not in err and "Successfully" not in err  # quiet: one line, ours
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env["PATH"] = "/usr/bin:/bin"  # a shell without the venv activated: no uvicorn on PATH
+    server = subprocess.Popen([sys.executable, "-m", "mnist_lab.cli", "serve", "--model",
+                               "models:/mnist-serve/1", "--port", str(port), "--uri", uri],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while server.poll() is None and time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/ping", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        assert server.poll() is None, server.stdout.read()
+        data = load_mnist(REAL_DATA, 12000, 0)
+        x = to_float(data.test_images[:8])
+        reply = requests.post(f"{url}/invocations", json={"inputs": x.tolist()}, timeout=60)
+        assert reply.ok, reply.text
+        served = torch.tensor(reply.json()["predictions"])
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    local = job.build_model(compose_config(["model=ffnn"]))
+    state = mlflow.MlflowClient(uri).download_artifacts(run.info.run_id, "best.pth")
+    local.load_state_dict(torch.load(state, weights_only=True))
+    with torch.inference_mode():
+        assert torch.allclose(served, local.eval()(x), atol=1e-4)
+    assert (served.argmax(dim=1) == data.test_labels[:8]).sum() >= 7  # a 1-epoch FFNN

@@ -1,19 +1,43 @@
-"""Using trained models: load one from a run, the registry or a checkpoint; re-evaluate; register.
+"""The MLflow model of a run: logged, loaded (or rebuilt from best.pth), re-evaluated,
+registered and served.
 
     mnist-lab evaluate --run RUN_ID
     mnist-lab register --parent SWEEP_RUN_ID --name mnist-cnn
+    mnist-lab serve --model models:/mnist-cnn/latest --port 5001
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import sysconfig
+import warnings
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab.store import client_for
 from mnist_lab.tracking import load_logged_config
+
+
+def log_pytorch_model(model, run_id: str) -> None:
+    """`mlflow.pytorch` model with signature and input example: `runs:/<id>/model` loads it."""
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    model = model.cpu().eval()
+    example = torch.zeros(2, 1, 28, 28).numpy()  # batch 2 keeps the exported batch dim dynamic
+    with torch.inference_mode():
+        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+        # torch.export's packager warns about CPU weights it handles correctly
+        warnings.filterwarnings("ignore", "No complete tensor found in the group")
+        mlflow.pytorch.log_model(model, name="model", signature=signature,
+                                 input_example=example,
+                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+
 
 
 class ModelSourceError(RuntimeError):
@@ -118,38 +142,72 @@ def register(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         run_id = best
-    version = mlflow.register_model(f"runs:/{run_id}/model", args.name)
+    try:
+        outputs = client.get_run(run_id).outputs.model_outputs
+    except Exception as err:
+        print(f"error: run {run_id} is not in this store ({err})", file=sys.stderr)
+        return 2
+    if not outputs:
+        print(f"error: run {run_id} logged no model (it ran with tracking.log_model=false)",
+              file=sys.stderr)
+        return 2
+    try:
+        client.create_registered_model(args.name)
+    except mlflow.exceptions.MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    # the logged model itself (models:/m-...), linked to its run; MLflow 3 has no runs:/ID/model
+    model_id = outputs[0].model_id
+    version = client.create_model_version(args.name, f"models:/{model_id}", run_id=run_id,
+                                          model_id=model_id)
     print(f"registered run {run_id} as models:/{args.name}/{version.version}")
     return 0
 
 
-def log_pytorch_model(model, run_id: str) -> None:
-    """`mlflow.pytorch` model with signature and input example: `runs:/<id>/model` loads it."""
-    import mlflow
-    import torch
-    from mlflow.models import infer_signature
+def serve(args: argparse.Namespace) -> int:
+    """`mlflow models serve` for this store, without an activated venv: MLflow starts
+    `uvicorn` from PATH, so the PATH of the server gets this Python's scripts folder first."""
+    from mnist_lab.store import resolve_uri
 
-    model = model.cpu().eval()
-    example = torch.zeros(2, 1, 28, 28).numpy()  # batch 2 keeps the exported batch dim dynamic
-    with torch.inference_mode():
-        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
-    with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(model, name="model", signature=signature,
-                                 input_example=example,
-                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    uri = resolve_uri(OmegaConf.create({"uri": args.uri}))
+    scripts = sysconfig.get_path("scripts")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+           "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")])}
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", args.model,
+               "--env-manager", "local", "--host", args.host, "--port", str(args.port)]
+    print(f"serving {args.model} at http://{args.host}:{args.port}/invocations (Ctrl-C stops)",
+          flush=True)
+    os.execve(sys.executable, command, env)  # the server takes this process: signals reach it
 
 
 def add_parsers(commands) -> None:
-    evaluate = commands.add_parser("evaluate", help="re-evaluate a logged run's best model")
+    evaluate = commands.add_parser(
+        "evaluate", help="re-evaluate a logged run's best model",
+        description="Rebuild a run's model from its config.yaml and best.pth, evaluate it on the "
+                    "test set and check the result against the test/acc it logged.")
     evaluate.add_argument("--run", required=True, metavar="RUN_ID")
     evaluate.add_argument("--data", default=None, help="data root if the run's is not here")
     evaluate.add_argument("--uri", default=None, help="tracking URI (default as run.py)")
     evaluate.set_defaults(handler=evaluate_run)
 
-    reg = commands.add_parser("register", help="register a sweep's best model in the registry")
+    reg = commands.add_parser(
+        "register", help="register a sweep's best model in the registry",
+        description="Register the MLflow model a run logged (or a sweep's best child's) in the "
+                    "Model Registry, as models:/NAME/VERSION for predict --model and serve.")
     source = reg.add_mutually_exclusive_group(required=True)
     source.add_argument("--parent", metavar="RUN_ID", help="a sweep's parent run: its best child")
     source.add_argument("--run", metavar="RUN_ID", help="one training run")
     reg.add_argument("--name", required=True, help="registered model name")
     reg.add_argument("--uri", default=None, help="tracking URI (default as run.py)")
     reg.set_defaults(handler=register)
+
+    srv = commands.add_parser(
+        "serve", help="serve a registered model over HTTP (POST /invocations)",
+        description="Serve a model with `mlflow models serve` in this environment; POST "
+                    '{"inputs": [[[[...28x28 floats in 0..1...]]]]} to /invocations for logits.')
+    srv.add_argument("--model", required=True, metavar="models:/NAME/VERSION",
+                     help="a registered model (or runs:/RUN_ID/model)")
+    srv.add_argument("--port", type=int, default=5001)
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--uri", default=None, help="tracking URI (default as run.py)")
+    srv.set_defaults(handler=serve)
