@@ -37,7 +37,13 @@ class MlflowSweepCallback(Callback):
             except ConfigError as err:
                 print(f"error: {err}", file=sys.stderr)
                 sys.exit(2)
+        from mnist_lab import sweep_resume
+
+        resuming = sweep_resume.wants_resume(config)
         if not config.tracking.enabled:
+            if resuming:  # before the launcher starts: nothing is created
+                refuse(ConfigError(f"{sweep_resume.as_given(config)} in a sweep finds the sweep in the "
+                                   "MLflow store, which tracking=off turns off"))
             return
         from mnist_lab.provenance import git_state
         from mnist_lab.tracking import connect
@@ -45,10 +51,14 @@ class MlflowSweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         experiment = config.hydra.runtime.choices.get("experiment")
         name = f"sweep-{experiment}" if experiment else "sweep"
-        tags = {"sweep": "true", "sweep.dir": str(sweep_dir),
+        tags = {"sweep": "true", "sweep.dir": str(sweep_dir.resolve()),
                 "hydra.overrides": " ".join(config.hydra.overrides.task) or "(none)",
-                **git_state()}
-        if optuna:
+                **sweep_resume.new_sweep_tags(config), **git_state()}
+        if resuming:  # an Optuna sweep's study continues too: reopen names it
+            client, experiment_id = connect(config.tracking)
+            self.parent_id = resumed_parent(client, experiment_id, config)
+            sweep_dir = Path(config.hydra.sweep.dir)  # the resumed sweep's own folder
+        elif optuna:
             client, self.parent_id = study_parent(config, name, tags)
         else:
             client, experiment_id = connect(config.tracking)
@@ -123,6 +133,28 @@ def settle_study(config: DictConfig, client, parent_id: str) -> int:
     return sum(state == "RUNNING" for state in states.values())
 
 
+def resumed_parent(client, experiment_id: str, config: DictConfig) -> str:
+    """The parent run of the sweep `resume` continues, reopened; a complete one ends this
+    process (exit 0), one that can't be continued is refused (exit 2)."""
+    from mnist_lab import sweep_resume
+
+    try:
+        parent = sweep_resume.find_sweep(client, experiment_id, config)
+    except sweep_resume.NothingToResume as done:
+        print(done)
+        sys.exit(0)
+    except ConfigError as err:
+        refuse(err)
+    sweep_resume.reopen(client, parent, config)
+    return parent.info.run_id
+
+
+def refuse(err: ConfigError) -> None:
+    """A sweep the callback can't start: one line, exit status 2, before any job."""
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
 def children(client, parent_id: str) -> list:
     """Every run nested under the parent, oldest first."""
     runs = client.search_runs(
@@ -181,6 +213,12 @@ def seed_spread(finished: list, swept: list[str]) -> list[dict]:
     return rows
 
 
+def log_once(client, parent_id: str, key: str, value: float) -> None:
+    """A summary metric on the parent, unless a resumed sweep's earlier summary has it already."""
+    if client.get_run(parent_id).data.metrics.get(key) != value:
+        client.log_metric(parent_id, key, value)
+
+
 def summarise(client, parent_id: str) -> None:
     """Table (CSV + Markdown), overlaid val/loss curves and the best child, on the parent."""
     from mnist_lab.plots import overlay
@@ -215,13 +253,13 @@ def summarise(client, parent_id: str) -> None:
         best = min(finished, key=lambda r: r.data.metrics["best/val_loss"])
         client.set_tag(parent_id, "best_run_id", best.info.run_id)
         client.set_tag(parent_id, "best_run_name", best.info.run_name)
-        client.log_metric(parent_id, "best/val_loss", best.data.metrics["best/val_loss"])
+        log_once(client, parent_id, "best/val_loss", best.data.metrics["best/val_loss"])
         if "test/acc" in best.data.metrics:
-            client.log_metric(parent_id, "best/test_acc", best.data.metrics["test/acc"])
+            log_once(client, parent_id, "best/test_acc", best.data.metrics["test/acc"])
     if len(spread) == 1:  # one configuration over seeds: its spread belongs on the parent
         for key, value in spread[0].items():
             if key.startswith("test/acc_") and math.isfinite(value):
-                client.log_metric(parent_id, key, value)
+                log_once(client, parent_id, key, value)
     print(f"sweep summary: {len(runs)} runs: {len(finished)} completed"
           + (f", {len(pruned)} pruned" if pruned else "") + f", {failed} failed"
           + (f", {len(running)} still running" if running else "")

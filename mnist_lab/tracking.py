@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_lab.errors import ConfigError, TrackingError, TrialPruned
 from mnist_lab.identity import flatten, identifies_run
 from mnist_lab.schema import PROJECT_ROOT
+from mnist_lab.sweep_resume import job_tags
 
 PARENT_ID_FILE = "mlflow_parent_run_id"  # in the sweep folder, written by the sweep callback
 STATUS_FOR = {KeyboardInterrupt: "KILLED", SystemExit: "KILLED", TrialPruned: "FINISHED"}
@@ -189,6 +190,7 @@ class MlflowRun(NoTracking):
             return
         tags = {**provenance_tags(str(device), data.checksums), **(tags or {})}
         tags["hydra.overrides"] = " ".join(self.overrides) or "(none)"
+        tags.update(job_tags(self.cfg))
         if checkpoint is not None:
             tags["checkpoint.path"] = str(checkpoint)
         if self.parent_id:
@@ -293,7 +295,7 @@ def record_failed_job(cfg: DictConfig, err: Exception) -> None:
     try:
         tracker = MlflowRun(cfg)
         tags = {"error": f"{type(err).__name__}: {err}"[:5000],
-                "hydra.overrides": " ".join(tracker.overrides) or "(none)"}
+                "hydra.overrides": " ".join(tracker.overrides) or "(none)", **job_tags(cfg)}
         if tracker.parent_id:
             tags["mlflow.parentRunId"] = tracker.parent_id
         run = tracker.client.create_run(tracker.experiment_id, tags=tags,

@@ -1,0 +1,224 @@
+"""resume=true in a sweep: a stopped grid continues in its own parent run and folder, finished jobs
+untouched, the interrupted one from its checkpoint, and every job's metrics as if never stopped."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import ROOT, make_dataset, run_lab, tiny_overrides
+from mnist_lab import sweep_resume
+
+EPOCHS = 3
+CURVES = ("train/loss", "val/loss", "val/acc")
+FINAL = ("test/acc", "test/loss", "best/val_loss", "best_epoch")
+
+
+def grid(data: Path, store: Path, *extra: str) -> list[str]:
+    """A 4-job grid (jobs 0-3: lr 1e-3 with p 0.0, 0.2, then lr 3e-3 with both) on fixture
+    data; one torch thread per job, so basic and parallel launchers compute the same floats."""
+    return [*tiny_overrides(data), "tracking=local", f"tracking.uri=sqlite:///{store}",
+            "tracking.log_model=false", "plots=false", "threads=1", f"train.epochs={EPOCHS}",
+            f"checkpoint.dir={store.parent}/checkpoints", "optim.lr=1e-3,3e-3",
+            "dropout.p=0.0,0.2", *extra]
+
+
+def sweep_runs(store: Path):
+    """(client, parents, children by job number) of the store's only experiment."""
+    client = MlflowClient(f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name("mnist-lab")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("sweep") == "true"]
+    children = {int(r.data.tags["sweep.job"]): r for r in runs if r.data.tags.get("sweep.job")}
+    return client, parents, children
+
+
+def history(client, run_id: str) -> dict[str, list[tuple[int, float, int]]]:
+    """Every logged value of a run's curves: (step, value, timestamp), so a re-log shows."""
+    return {key: sorted((m.step, m.value, m.timestamp)
+                        for m in client.get_metric_history(run_id, key)) for key in CURVES}
+
+
+def results(store: Path) -> dict[int, dict]:
+    """Per job number: its curves' values by step and its final metrics."""
+    client, _, children = sweep_runs(store)
+    return {job: {**{key: [(s, v) for s, v, _ in curve]
+                      for key, curve in history(client, run.info.run_id).items()},
+                  **{key: run.data.metrics[key] for key in FINAL}}
+            for job, run in children.items()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[int, dict]:
+    """The grid run once, never stopped: what every resumed sweep must end with."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    data = make_dataset(tmp / "tiny")
+    store = tmp / "store" / "mlflow.db"
+    done = run_lab(["-m", *grid(data, store)], cwd=tmp)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return results(store)
+
+
+def kill_in_job(args: list[str], cwd: Path, epoch_lines: int) -> str:
+    """Start the sweep in its own process group and SIGKILL the whole group (launcher and
+    workers) once `epoch_lines` "epoch 1/N" lines have been printed; returns its output."""
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "-m", *args], cwd=cwd,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                               start_new_session=True)
+    seen, lines = 0, []
+    for line in process.stdout:
+        lines.append(line)
+        seen += f"epoch   1/{EPOCHS}" in line
+        if seen == epoch_lines:
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    assert seen == epoch_lines, "".join(lines)[-3000:]
+    return "".join(lines)
+
+
+def sweep_folders(cwd: Path) -> list[Path]:
+    return [p.parent for p in cwd.glob("multirun/*/*/mlflow_parent_run_id")]
+
+
+def resume_and_check(args: list[str], cwd: Path, store: Path, uninterrupted: dict) -> dict:
+    """Resume the killed sweep; check it ended whole, as one sweep, with the uninterrupted
+    sweep's metrics. Returns what the store held before the resume, by job number."""
+    client, (parent,), before = sweep_runs(store)
+    assert parent.info.status != "FINISHED"
+    curves = {job: history(client, run.info.run_id) for job, run in before.items()}
+    (folder,) = sweep_folders(cwd)
+    outputs = {p: p.stat().st_mtime_ns for p in folder.glob("*/report.txt")}
+
+    resumed = run_lab(["-m", *args, "resume=true"], cwd=cwd)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    client, parents, after = sweep_runs(store)
+    assert [p.info.run_id for p in parents] == [parent.info.run_id]  # one sweep, reopened
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["sweep.resumes"] == "1"
+    assert parent.data.tags["sweep.runs"] == "4" and parent.data.tags["sweep.failed"] == "0"
+    assert sorted(after) == [0, 1, 2, 3]
+    assert all(run.info.status == "FINISHED" for run in after.values())
+    for job, run in before.items():
+        if run.info.status == "FINISHED":  # untouched: the same run, not one new value
+            assert after[job].info.run_id == run.info.run_id
+            assert history(client, run.info.run_id) == curves[job]
+        elif run.info.status in ("KILLED", "RUNNING") and curves[job]["val/loss"]:
+            # continued in the same run from its checkpoint: its logged epochs kept as they were
+            assert after[job].info.run_id == run.info.run_id
+            done = len(curves[job]["val/loss"])
+            assert f"continuing run {run.info.run_id}" in resumed.stdout
+            for key in CURVES:
+                assert history(client, run.info.run_id)[key][:done] == curves[job][key]
+    assert results(store) == uninterrupted  # every job, every epoch, every final figure
+    # the same folder and job numbering; no finished job's outputs written again
+    assert sweep_folders(cwd) == [folder]
+    assert sorted(p.name for p in folder.glob("*/report.txt") for p in [p.parent]) == \
+        ["0", "1", "2", "3"]
+    for report, mtime in outputs.items():
+        assert report.stat().st_mtime_ns == mtime
+    compare = subprocess.run([sys.executable, "-m", "mnist_lab.compare", "--last", "--uri",
+                              f"sqlite:///{store}"], capture_output=True, text=True)
+    assert compare.stdout.startswith(f"4 runs in sweep {parent.info.run_id}"), compare.stderr
+    return before
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_in_job_3_resumes_to_the_uninterrupted_result(tmp_path, uninterrupted):
+    data, store = make_dataset(tmp_path / "tiny"), tmp_path / "store" / "mlflow.db"
+    args = grid(data, store)
+    kill_in_job(args, tmp_path, epoch_lines=3)  # job 3 (number 2) has one epoch done
+
+    # a changed command is refused in one line, and creates nothing
+    runs_before = len(MlflowClient(f"sqlite:///{store}").search_runs(["0", "1"]))
+    changed = run_lab(["-m", *grid(data, store, "train.label_smoothing=0.1"), "resume=true"],
+                      cwd=tmp_path)
+    assert changed.returncode == 2
+    assert changed.stderr.strip().splitlines() == [changed.stderr.strip()]
+    assert "train.label_smoothing=0.1 is new" in changed.stderr
+    assert len(MlflowClient(f"sqlite:///{store}").search_runs(["0", "1"])) == runs_before
+    assert len(sweep_folders(tmp_path)) == 1
+
+    before = resume_and_check(args, tmp_path, store, uninterrupted)
+    assert [before[job].info.status for job in (0, 1)] == ["FINISHED", "FINISHED"]
+    assert before[2].info.status in ("KILLED", "RUNNING") and 3 not in before
+
+
+@pytest.mark.slow
+def test_a_parallel_sweep_with_both_workers_killed_resumes(tmp_path, uninterrupted):
+    data, store = make_dataset(tmp_path / "tiny"), tmp_path / "store" / "mlflow.db"
+    args = grid(data, store, "launcher=parallel", "launcher.n_jobs=2")
+    kill_in_job(args, tmp_path, epoch_lines=3)
+    before = resume_and_check(args, tmp_path, store, uninterrupted)
+    assert any(run.info.status != "FINISHED" for run in before.values()) or len(before) < 4
+
+
+@pytest.mark.slow
+def test_a_job_that_failed_before_the_kill_runs_again_and_succeeds(tmp_path):
+    good, flaky = make_dataset(tmp_path / "good"), make_dataset(tmp_path / "flaky")
+    store = tmp_path / "store" / "mlflow.db"
+    # jobs 0-3: lr 1e-3 on good then flaky data, then lr 3e-3 on both; the flaky copy's images
+    # are missing at first, so jobs 1 and 3 fail; the kill comes in job 2
+    args = [a for a in grid(good, store) if not a.startswith(("data.root=", "dropout.p="))]
+    args += [f"data.root={good},{flaky}"]
+    images = flaky / "train-images-idx3-ubyte.gz"
+    images.rename(flaky / "hidden.gz")
+    output = kill_in_job(args, tmp_path, epoch_lines=2)
+    assert "job failed" in output
+    client, _, before = sweep_runs(store)
+    assert before[1].info.status == "FAILED" and 3 not in before
+    (flaky / "hidden.gz").rename(images)
+
+    resumed = run_lab(["-m", *args, "resume=true"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    client, (parent,), after = sweep_runs(store)
+    assert parent.info.status == "FINISHED" and parent.data.tags["sweep.failed"] == "0"
+    assert all(run.info.status == "FINISHED" for run in after.values()) and len(after) == 4
+    assert after[0].info.run_id == before[0].info.run_id
+    assert after[2].info.run_id == before[2].info.run_id  # continued
+    assert after[1].info.run_id != before[1].info.run_id  # afresh, the failed run to the trash
+    assert client.get_run(before[1].info.run_id).info.lifecycle_stage == "deleted"
+    # the same data under another name: the retried jobs compute what their twins did
+    got = results(store)
+    assert got[1] == got[0] and got[3] == got[2]
+
+
+def multirun_config(overrides: list[str]):
+    """The config a sweep's callback gets: composed in MULTIRUN mode, Hydra's node included."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return GlobalHydra.instance().hydra.compose_config(
+            "config", overrides, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
+
+
+def test_a_sweep_is_known_by_what_its_jobs_compute():
+    def key(*overrides):
+        return sweep_resume.sweep_key(multirun_config(list(overrides)))
+
+    base = key("optim.lr=1e-3,1e-4", "dropout.p=0.0,0.2")
+    # where it runs, how it is tracked and resume itself don't change what the jobs compute
+    assert key("optim.lr=1e-3,1e-4", "dropout.p=0.0,0.2", "launcher=parallel", "resume=true",
+               "tracking.uri=sqlite:///elsewhere.db", "threads=1") == base
+    assert key("optim.lr=1e-3,1e-5", "dropout.p=0.0,0.2") != base  # other swept values
+    assert key("optim.lr=1e-3,1e-4", "dropout.p=0.0,0.2", "train.epochs=3") != base
+    assert key("dropout.p=0.0,0.2", "optim.lr=1e-3,1e-4") != base  # renumbers the jobs
+    assert key("experiment=lr_dropout") != key("experiment=seeds")
+
+
+def test_resume_in_a_sweep_without_tracking_is_refused_before_anything(tmp_path):
+    result = run_lab(["-m", *tiny_overrides(make_dataset(tmp_path / "tiny")),
+                      "optim.lr=1e-3,1e-4", "resume=true"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: resume=true in a sweep finds the sweep in the "
+                                     "MLflow store, which tracking=off turns off")
+    assert not (tmp_path / "multirun").exists()
