@@ -178,7 +178,9 @@ def test_a_job_that_failed_before_the_kill_runs_again_and_succeeds(tmp_path):
     assert before[1].info.status == "FAILED" and 3 not in before
     (flaky / "hidden.gz").rename(images)
 
-    resumed = run_lab(["-m", *args, "resume=true"], cwd=tmp_path)
+    # another launcher is still the same sweep: it changes where jobs run, not what they compute
+    resumed = run_lab(["-m", *args, "launcher=parallel", "launcher.n_jobs=2", "resume=true"],
+                      cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     client, (parent,), after = sweep_runs(store)
     assert parent.info.status == "FINISHED" and parent.data.tags["sweep.failed"] == "0"
