@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,51 @@ def test_resume_in_a_sweep_without_tracking_is_refused_before_anything(tmp_path)
     assert result.stderr.strip() == ("error: resume=true in a sweep finds the sweep in the "
                                      "MLflow store, which tracking=off turns off")
     assert not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.slow
+def test_resume_finds_the_sweep_it_names_and_refuses_any_other(tmp_path):
+    """find_sweep on a store holding parents only (no training): the callback's choice."""
+    from mnist_lab.errors import ConfigError
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("mnist-lab")
+    swept = ["optim.lr=1e-3,1e-4", "dropout.p=0.0,0.2"]
+
+    def parent(status, overrides=swept, **tags):
+        made = multirun_config(overrides)
+        run = client.create_run(experiment, tags={
+            "sweep": "true", "sweep.dir": str(tmp_path / "s"), "hydra.overrides": " ".join(
+                overrides), **sweep_resume.new_sweep_tags(made), **tags})
+        client.set_terminated(run.info.run_id, status)
+        time.sleep(0.01)  # newest first goes by start time, in milliseconds
+        return run.info.run_id
+
+    other = parent("KILLED", ["optim.lr=1e-3,1e-5", "dropout.p=0.0,0.2"])
+    resume = multirun_config([*swept, "resume=true"])
+    with pytest.raises(ConfigError, match=f"the latest one \\({other}\\) differs: "
+                       r"optim.lr=1e-3,1e-5 is now optim.lr=1e-3,1e-4$"):
+        sweep_resume.find_sweep(client, experiment, resume)
+    done = parent("FINISHED", **{"sweep.failed": "0"})
+    with pytest.raises(sweep_resume.NothingToResume, match=done):
+        sweep_resume.find_sweep(client, experiment, resume)
+    killed = parent("KILLED")
+    assert sweep_resume.find_sweep(client, experiment, resume).info.run_id == killed
+    with_failures = parent("FINISHED", **{"sweep.failed": "1"})  # unfinished: a job failed
+    assert sweep_resume.find_sweep(client, experiment, resume).info.run_id == with_failures
+
+    named = multirun_config([*swept, f"resume={killed}"])
+    assert sweep_resume.find_sweep(client, experiment, named).info.run_id == killed
+    with pytest.raises(sweep_resume.NothingToResume, match=f"sweep {done} finished"):
+        sweep_resume.find_sweep(client, experiment, multirun_config([*swept, f"resume={done}"]))
+    with pytest.raises(ConfigError, match=f"resume={other}: that sweep ran another configuration"):
+        sweep_resume.find_sweep(client, experiment, multirun_config([*swept, f"resume={other}"]))
+    single = client.create_run(experiment).info.run_id
+    with pytest.raises(ConfigError, match="that run is not a sweep's parent"):
+        sweep_resume.find_sweep(client, experiment, multirun_config([*swept, f"resume={single}"]))
+
+    sweep_resume.reopen(client, client.get_run(killed), named)
+    assert named.hydra.sweep.dir == str(tmp_path / "s")
+    assert named.hydra.overrides.hydra[-1] == f'hydra.sweep.dir="{tmp_path / "s"}"'
+    assert client.get_run(killed).data.tags["sweep.resumes"] == "1"
+    assert client.get_run(killed).info.status == "RUNNING"
