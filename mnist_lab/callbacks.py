@@ -42,8 +42,8 @@ class MlflowSweepCallback(Callback):
         resuming = sweep_resume.wants_resume(config)
         if not config.tracking.enabled:
             if resuming:  # before the launcher starts: nothing is created
-                refuse(ConfigError(f"{sweep_resume.as_given(config)} in a sweep finds the sweep in the "
-                                   "MLflow store, which tracking=off turns off"))
+                refuse(ConfigError(f"{sweep_resume.as_given(config)} in a sweep finds the sweep "
+                                   "in the MLflow store, which tracking=off turns off"))
             return
         from mnist_lab.provenance import git_state
         from mnist_lab.tracking import connect

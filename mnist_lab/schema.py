@@ -213,7 +213,7 @@ class LabConfig:
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     deterministic: bool = True
     plots: bool = True  # write the per-run figures (about 2 s of matplotlib per run)
-    resume: Any = False  # false, true (this config's last checkpoint, or in -m this sweep) or a run id
+    resume: Any = False  # false, true (this config's checkpoint; in -m, this sweep) or a run id
     train: TrainConf = field(default_factory=TrainConf)
     eval: EvalConf = field(default_factory=EvalConf)
     data: DataConf = field(default_factory=DataConf)
