@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
@@ -23,6 +24,7 @@ from mnist_lab.errors import ConfigError
 from mnist_lab.identity import config_key, identifies_run
 
 KEY_TAG, JOB_TAG, RESUMES_TAG = "sweep.key", "sweep.job", "sweep.resumes"
+RESUMED_AT_TAG = "sweep.resumed_at"  # unix milliseconds of the latest resume
 SEARCH_TAG = "sweep.search"  # the sweeper's search space, to say what differs
 
 
@@ -72,6 +74,11 @@ def new_sweep_tags(config: DictConfig) -> dict[str, str]:
     return {KEY_TAG: sweep_key(config), SEARCH_TAG: json.dumps(search_space(config))}
 
 
+def last_active(parent) -> int:
+    """When a sweep last started: its parent's start, or its latest resume (milliseconds)."""
+    return max(parent.info.start_time, int(parent.data.tags.get(RESUMED_AT_TAG, 0)))
+
+
 def complete(parent) -> bool:
     return parent.info.status == "FINISHED" and parent.data.tags.get("sweep.failed") == "0"
 
@@ -115,8 +122,8 @@ def find_sweep(client, experiment_id: str, config: DictConfig):
             raise NothingToResume(f"sweep {named} finished with every job done; nothing to "
                                   "resume")
         return parent
-    sweeps = client.search_runs([experiment_id], filter_string="tags.sweep = 'true'",
-                                order_by=["attributes.start_time DESC"], max_results=10000)
+    sweeps = sorted(client.search_runs([experiment_id], filter_string="tags.sweep = 'true'",
+                                       max_results=10000), key=last_active, reverse=True)
     same = [s for s in sweeps if s.data.tags.get(KEY_TAG) == key]
     unfinished = [s for s in same if not complete(s)]
     if unfinished:
@@ -145,6 +152,7 @@ def reopen(client, parent, config: DictConfig) -> None:
         config.hydra.overrides.hydra = [*kept, f"hydra.sweep.dir={json.dumps(folder)}"]
     resumes = int(parent.data.tags.get(RESUMES_TAG, "0")) + 1
     client.set_tag(parent.info.run_id, RESUMES_TAG, str(resumes))
+    client.set_tag(parent.info.run_id, RESUMED_AT_TAG, str(int(time.time() * 1000)))
     client.update_run(parent.info.run_id, status="RUNNING")
     print(f"resuming sweep {parent.info.run_id} in {folder} (resume {resumes})")
 

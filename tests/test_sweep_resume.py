@@ -275,3 +275,9 @@ def test_resume_finds_the_sweep_it_names_and_refuses_any_other(tmp_path):
     assert named.hydra.overrides.hydra[-1] == f'hydra.sweep.dir="{tmp_path / "s"}"'
     assert client.get_run(killed).data.tags["sweep.resumes"] == "1"
     assert client.get_run(killed).info.status == "RUNNING"
+    # the resumed sweep is now the newest: compare --last, and the next resume=true, take it
+    from mnist_lab.compare import find_runs
+
+    assert find_runs(client, "mnist-lab", None, last=True)[1] == f"sweep {killed}"
+    client.set_terminated(killed, "KILLED")  # stopped again
+    assert sweep_resume.find_sweep(client, experiment, resume).info.run_id == killed
