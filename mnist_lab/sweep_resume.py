@@ -143,13 +143,15 @@ def find_sweep(client, experiment_id: str, config: DictConfig):
 
 def reopen(client, parent, config: DictConfig) -> None:
     """Continue `parent`: Hydra's jobs go to its folder again (the launcher composes each job's
-    config from `hydra.overrides.hydra`, so the folder goes there as well), its resume count goes
-    up and it runs again."""
+    config from `hydra.overrides.hydra`, so the folder goes there as well), an Optuna sweep's
+    sweeper to its study, its resume count goes up and it runs again."""
     folder = parent.data.tags["sweep.dir"]
     with read_write(config.hydra), open_dict(config.hydra):
         config.hydra.sweep.dir = folder
         kept = [o for o in config.hydra.overrides.hydra if not o.startswith("hydra.sweep.dir=")]
         config.hydra.overrides.hydra = [*kept, f"hydra.sweep.dir={json.dumps(folder)}"]
+        if "optuna.study" in parent.data.tags:  # its study continues toward n_trials
+            config.hydra.sweeper.study_name = parent.data.tags["optuna.study"]
     resumes = int(parent.data.tags.get(RESUMES_TAG, "0")) + 1
     client.set_tag(parent.info.run_id, RESUMES_TAG, str(resumes))
     client.set_tag(parent.info.run_id, RESUMED_AT_TAG, str(int(time.time() * 1000)))

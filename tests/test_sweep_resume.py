@@ -281,3 +281,31 @@ def test_resume_finds_the_sweep_it_names_and_refuses_any_other(tmp_path):
     assert find_runs(client, "mnist-lab", None, last=True)[1] == f"sweep {killed}"
     client.set_terminated(killed, "KILLED")  # stopped again
     assert sweep_resume.find_sweep(client, experiment, resume).info.run_id == killed
+
+
+@pytest.mark.slow
+def test_an_optuna_sweep_resumes_its_own_study_under_its_one_parent(tmp_path):
+    """A study per sweep folder (no study_name): resume=true finds the folder, so the study
+    goes on toward n_trials in total, the lost trial counted once, under the same parent."""
+    import optuna
+
+    store = tmp_path / "store"
+    args = [*tiny_overrides(make_dataset(tmp_path / "tiny")), "experiment=optuna_cnn",
+            "model=ffnn", "data.limit=null", "plots=false", "tracking=local",
+            f"tracking.uri=sqlite:///{store}/mlflow.db", "tracking.log_model=false",
+            f"train.epochs={EPOCHS}", "hydra.sweeper.study_name=null", "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3"]
+    kill_in_job(args, tmp_path, epoch_lines=2)  # trial 1 has one epoch done
+    time.sleep(4)  # past grace_period: the killed trial is stale
+
+    resumed = run_lab(["-m", *args, "resume=true"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    (folder,) = sweep_folders(tmp_path)
+    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{store}/optuna.db")
+    assert summary.study_name == f"sweep:{folder.relative_to(tmp_path)}"
+    study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{store}/optuna.db")
+    assert [t.state.name for t in study.trials][1] == "FAIL" and len(study.trials) == 3
+    _, (parent,), runs = sweep_runs(store / "mlflow.db")
+    assert sorted(runs) == [0, 1, 2]  # job number = trial number, each once
+    assert parent.data.tags["sweep.resumes"] == "1" and parent.info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
