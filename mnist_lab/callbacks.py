@@ -35,8 +35,7 @@ class MlflowSweepCallback(Callback):
             try:
                 check(config.hydra.sweeper)
             except ConfigError as err:
-                print(f"error: {err}", file=sys.stderr)
-                sys.exit(2)
+                refuse(err)
         from mnist_lab import sweep_resume
 
         resuming = sweep_resume.wants_resume(config)
