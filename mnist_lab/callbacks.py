@@ -145,6 +145,8 @@ def resumed_parent(client, experiment_id: str, config: DictConfig) -> str:
     except ConfigError as err:
         refuse(err)
     sweep_resume.reopen(client, parent, config)
+    if is_optuna_sweep(config):
+        sweep_resume.retry_lost_trials(client, parent.info.run_id, config)
     return parent.info.run_id
 
 

@@ -205,3 +205,34 @@ def continue_job(cfg: DictConfig, parent_id: str) -> dict | None:
     print(f"{job}: run {run.info.run_id} {reason}; it goes to MLflow's trash and the job starts "
           "afresh")
     return None
+
+
+def retry_lost_trials(client, parent_id: str, config: DictConfig) -> None:
+    """A resumed Optuna sweep tries again each trial that failed or was lost (no heartbeat for
+    the grace period) and is not retried yet: its parameters are queued as the study's next
+    trial, and its MLflow run goes to the trash, as a grid's failed job's does."""
+    import optuna
+
+    from mnist_lab import study as studies
+    from mnist_lab.callbacks import children
+
+    url = studies.storage_url(config.hydra.sweeper, config.tracking)
+    name = studies.study_name(config.hydra.sweeper, config.hydra)
+    with studies.exclusive(url, name):
+        storage = studies.open_storage(url, config.hydra.sweeper)
+        study = optuna.load_study(study_name=name, storage=storage)
+        optuna.storages.fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        retried = {t.user_attrs.get("retry_of") for t in trials}
+        lost = [t for t in trials
+                if t.state == optuna.trial.TrialState.FAIL and t.number not in retried]
+        for trial in lost:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number},
+                                skip_if_exists=False)
+    numbers = {str(t.number) for t in lost}
+    for run in children(client, parent_id):
+        if run.data.tags.get("optuna.trial") in numbers and run.info.status != "FINISHED":
+            client.delete_run(run.info.run_id)
+    if lost:
+        print(f"trying again trial{'s' if len(lost) > 1 else ''} "
+              f"{', '.join(sorted(numbers))} (failed or lost) with the same parameters")

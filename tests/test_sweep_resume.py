@@ -286,7 +286,7 @@ def test_resume_finds_the_sweep_it_names_and_refuses_any_other(tmp_path):
 @pytest.mark.slow
 def test_an_optuna_sweep_resumes_its_own_study_under_its_one_parent(tmp_path):
     """A study per sweep folder (no study_name): resume=true finds the folder, so the study
-    goes on toward n_trials in total, the lost trial counted once, under the same parent."""
+    goes on toward n_trials in total under the same parent, the lost trial tried again."""
     import optuna
 
     store = tmp_path / "store"
@@ -304,8 +304,13 @@ def test_an_optuna_sweep_resumes_its_own_study_under_its_one_parent(tmp_path):
     (summary,) = optuna.get_all_study_summaries(f"sqlite:///{store}/optuna.db")
     assert summary.study_name == f"sweep:{folder.relative_to(tmp_path)}"
     study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{store}/optuna.db")
-    assert [t.state.name for t in study.trials][1] == "FAIL" and len(study.trials) == 3
-    _, (parent,), runs = sweep_runs(store / "mlflow.db")
-    assert sorted(runs) == [0, 1, 2]  # job number = trial number, each once
+    trials = study.trials
+    assert [t.state.name for t in trials][1] == "FAIL" and len(trials) == 3
+    assert trials[2].params == trials[1].params  # the lost trial's configuration, tried again
+    assert trials[2].state.name in ("COMPLETE", "PRUNED")
+    client, (parent,), runs = sweep_runs(store / "mlflow.db")
+    assert "trying again trial 1 " in resumed.stdout, resumed.stdout[-3000:]
+    assert sorted(runs) == [0, 2], [(r.info.status, r.data.tags) for r in runs.values()]
     assert parent.data.tags["sweep.resumes"] == "1" and parent.info.status == "FINISHED"
+    assert parent.data.tags["sweep.failed"] == "0"
     assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
