@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import shlex
 import statistics
 import sys
 import tempfile
@@ -30,31 +31,35 @@ class MlflowSweepCallback(Callback):
         self.parent_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mnist_lab import stopping
+
         optuna = is_optuna_sweep(config)
         if optuna:  # a bad hydra.sweeper key stops here, before the store is touched
             try:
                 check(config.hydra.sweeper)
             except ConfigError as err:
                 refuse(err)
-        from mnist_lab import sweep_resume
-
-        resuming = sweep_resume.wants_resume(config)
-        if not config.tracking.enabled:
-            if resuming:  # before the launcher starts: nothing is created
-                refuse(ConfigError(f"{sweep_resume.as_given(config)} in a sweep finds the sweep "
-                                   "in the MLflow store, which tracking=off turns off"))
+        overrides = list(config.hydra.overrides.task)
+        again = [o for o in overrides if not o.startswith("resume=")] + ["resume=true"]
+        stopping.guard_sweep(f"continue the sweep with python run.py -m {shlex.join(again)} "
+                             "(finished jobs are skipped)")
+        if not config.tracking.enabled:  # resume=true: each job continues its checkpoint
             return
+        from mnist_lab import sweep_resume
+        from mnist_lab.liveness import process_tags, reconcile
         from mnist_lab.provenance import git_state
-        from mnist_lab.tracking import connect
+        from mnist_lab.store import connect
 
         sweep_dir = Path(config.hydra.sweep.dir)
         experiment = config.hydra.runtime.choices.get("experiment")
         name = f"sweep-{experiment}" if experiment else "sweep"
         tags = {"sweep": "true", "sweep.dir": str(sweep_dir.resolve()),
-                "hydra.overrides": " ".join(config.hydra.overrides.task) or "(none)",
-                **sweep_resume.new_sweep_tags(config), **git_state()}
+                "hydra.overrides": " ".join(overrides) or "(none)",
+                **sweep_resume.new_sweep_tags(config), **git_state(), **process_tags()}
+        resuming = sweep_resume.wants_resume(config)
         if resuming:  # an Optuna sweep's study continues too: reopen names it
             client, experiment_id = connect(config.tracking)
+            reconcile(client)  # dead RUNNING runs end KILLED: a RUNNING parent is alive
             self.parent_id = resumed_parent(client, experiment_id, config)
             sweep_dir = Path(config.hydra.sweep.dir)  # the resumed sweep's own folder
         elif optuna:
@@ -63,31 +68,47 @@ class MlflowSweepCallback(Callback):
             client, experiment_id = connect(config.tracking)
             self.parent_id = client.create_run(experiment_id, run_name=f"{name}-{sweep_dir.name}",
                                                tags=tags).info.run_id
+        reconcile(client)  # runs whose process died end KILLED, not RUNNING forever
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_ID_FILE).write_text(self.parent_id)
-        # Ctrl-C or a crash skips on_multirun_end; the parent must not stay RUNNING then.
+        # a stop signal or a crash skips on_multirun_end; no run may stay RUNNING then
         atexit.register(self._close, client, "KILLED")
         print(f"MLflow parent run {self.parent_id} for this sweep")
 
     def _close(self, client, status: str | None) -> None:
-        """End the parent with `status`; None leaves it running for another process."""
-        if self.parent_id is not None and status is not None:
-            client.set_terminated(self.parent_id, status)
-        self.parent_id = None
+        """End the parent with `status`; None leaves it running for another process (an Optuna
+        study that other processes still work on)."""
+        if self.parent_id is None:
+            return
+        parent, self.parent_id = self.parent_id, None
+        if status is None:
+            return
+        if status != "FINISHED":  # the workers are gone: their runs, and this one's, are dead
+            from mnist_lab.liveness import reconcile
+
+            reconcile(client, this_process_ending=True)
+        client.set_terminated(parent, status)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_id is None:
             return
-        from mnist_lab.tracking import connect
+        from mnist_lab.store import connect
 
         client, _ = connect(config.tracking)
         status = "FAILED"
         try:
             running = settle_study(config, client, self.parent_id) if is_optuna_sweep(config) else 0
-            summarise(client, self.parent_id)
+            failed = summarise(client, self.parent_id)
             status = "FINISHED" if not running else None  # the study's last process ends it
+        except (KeyboardInterrupt, SystemExit):
+            status = "KILLED"
+            raise
         finally:
             self._close(client, status)
+        if failed:
+            print(f"{failed} job{'s' if failed > 1 else ''} of this sweep failed; each run's "
+                  "`error` tag says why", file=sys.stderr)
+            sys.exit(1)
 
 
 def study_parent(config: DictConfig, name: str, tags: dict[str, str]):
@@ -96,7 +117,8 @@ def study_parent(config: DictConfig, name: str, tags: dict[str, str]):
     rest. One process at a time, from opening the store on: processes started together on a
     new SQLite store would otherwise all run MLflow's table migrations at once."""
     from mnist_lab import study
-    from mnist_lab.tracking import connect
+    from mnist_lab.liveness import process_tags
+    from mnist_lab.store import connect
 
     url = study.storage_url(config.hydra.sweeper, config.tracking)
     study_name = study.study_name(config.hydra.sweeper, config.hydra)
@@ -112,6 +134,8 @@ def study_parent(config: DictConfig, name: str, tags: dict[str, str]):
             return client, client.create_run(experiment_id, run_name=f"{name}-{label}",
                                               tags=tags).info.run_id
         client.update_run(found[0].info.run_id, status="RUNNING")
+        for key, value in process_tags().items():  # alive while this process is (liveness.py)
+            client.set_tag(found[0].info.run_id, key, value)
     print(f"joining study {study_name!r}: its MLflow parent run is {found[0].info.run_id}")
     return client, found[0].info.run_id
 
@@ -220,8 +244,9 @@ def log_once(client, parent_id: str, key: str, value: float) -> None:
         client.log_metric(parent_id, key, value)
 
 
-def summarise(client, parent_id: str) -> None:
-    """Table (CSV + Markdown), overlaid val/loss curves and the best child, on the parent."""
+def summarise(client, parent_id: str) -> int:
+    """Table (CSV + Markdown), overlaid val/loss curves and the best child, on the parent;
+    returns how many jobs failed."""
     from mnist_lab.plots import overlay
     from mnist_lab.tracking import metric_curve, write_table
 
@@ -279,6 +304,7 @@ def summarise(client, parent_id: str) -> None:
     for line in comparison:
         print(line)
 
+    return failed
 
 def compare_configurations(client, finished: list, key: str, out: Path) -> list[str]:
     """`mnist-lab compare --stats` on the sweep's runs, into `out`; a failure is reported,

@@ -23,7 +23,12 @@ def is_multirun() -> bool:
 
 def train(cfg: DictConfig) -> float:
     """run.py's body. Known input errors end a single run with one line and exit status 2; in a
-    sweep, a failed job is reported and scored as the worst objective so the others go on."""
+    sweep, a failed job is recorded FAILED, reported and scored as the worst objective so the
+    others go on. A stop signal ends a single run, or a whole sweep, with 130 or 143."""
+    from mnist_lab import stopping
+
+    if is_multirun():
+        stopping.guard_worker()  # a worker process between jobs, too, stops quietly
     try:
         validate(cfg)  # before torch and MLflow are even imported: a typo answers at once
         from mnist_lab.job import run
@@ -33,10 +38,10 @@ def train(cfg: DictConfig) -> float:
         print(f"Optuna trial {pruned}", file=sys.stderr)
         raise
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {resume_hint(cfg)}", file=sys.stderr)
         if is_multirun():
-            raise
-        sys.exit(130)
+            stopping.stop_sweep()  # the launcher says how to continue, once
+        print(f"\ninterrupted: {resume_hint(cfg)}", file=sys.stderr)
+        sys.exit(stopping.exit_status())
     except LabError as err:
         if is_multirun():
             print(f"job failed: {err}", file=sys.stderr)
@@ -57,6 +62,9 @@ def train(cfg: DictConfig) -> float:
         if not is_multirun():
             raise
         print(f"job failed: {err.__class__.__name__}: {err}", file=sys.stderr)
+        from mnist_lab.tracking import record_failed_job
+
+        record_failed_job(cfg, err)  # unless its run recorded it already
         return WORST_OBJECTIVE
 
 
@@ -73,7 +81,8 @@ def resume_hint(cfg: DictConfig) -> str:
 def rerun(args: argparse.Namespace) -> int:
     """Repeat a logged run from the resolved config.yaml it recorded, as a new MLflow run."""
     from mnist_lab.job import run
-    from mnist_lab.tracking import client_for, load_logged_config
+    from mnist_lab.store import client_for
+    from mnist_lab.tracking import load_logged_config
 
     client = client_for(args.uri, args.experiment)
     try:
@@ -99,9 +108,10 @@ def rerun(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mnist-lab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    from mnist_lab import compare, predict, serving
+    from mnist_lab import compare, liveness, predict, serving
 
     compare.add_parser(commands)
+    liveness.add_parser(commands)
     predict.add_parser(commands)
     serving.add_parsers(commands)
     again = commands.add_parser("rerun", help="repeat a logged run from its recorded config")

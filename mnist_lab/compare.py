@@ -220,7 +220,7 @@ def write_comparison(comparisons: list, lines: list[str], out: Path) -> None:
 
 
 def compare(args: argparse.Namespace) -> int:
-    from mnist_lab.tracking import client_for
+    from mnist_lab.store import client_for
 
     if args.run_ids and (args.last or args.parent):
         print("error: pass run ids, --last or --parent, not several", file=sys.stderr)

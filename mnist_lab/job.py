@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import tempfile
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab import checkpoint, stats, tracking
+from mnist_lab import checkpoint, stats, store, tracking
 from mnist_lab.checkpoint import TrainingState, save_every_epoch
 from mnist_lab.data import load_mnist, split_seed
 from mnist_lab.evaluate import evaluate, report
@@ -22,6 +19,7 @@ from mnist_lab.identity import config_key
 from mnist_lab.models import build_model, count_parameters, without_name
 from mnist_lab.pruning import trial_hook
 from mnist_lab.schema import ConfigError, validate
+from mnist_lab.stopping import stop_signals
 from mnist_lab.train import Recipe, fit, print_epoch
 
 
@@ -105,45 +103,25 @@ def find_resume(cfg: DictConfig) -> dict | None:
     if cfg.resume is True or cfg.resume == "true":
         path = checkpoint.folder_for(cfg) / checkpoint.LAST
         if not path.is_file():
+            from mnist_lab.cli import is_multirun
+
+            if is_multirun():  # continuing a stopped sweep: this job had not started yet
+                print(f"resume=true: no checkpoint for this config yet at {path}; starting it")
+                return None
             raise ConfigError(f"resume=true: no checkpoint for this config at {path}; run it "
                               "without resume first, or pass resume=RUN_ID")
     else:
-        path = tracking.checkpoint_of(cfg, str(cfg.resume))
+        path = checkpoint.checkpoint_of(cfg, str(cfg.resume))
     state = checkpoint.load_last(path)
     if state.get("config_key") != config_key(cfg):
         raise ConfigError(f"resume={cfg.resume}: the checkpoint {path} was made with another "
                           f"config ({state.get('overrides') or 'no overrides'}); pass the same "
                           "overrides to continue it")
+    if state.get("run_id") and cfg.tracking.enabled and checkpoint.finished(cfg, state["run_id"]):
+        print(f"run {state['run_id']} is complete (FINISHED); resuming it has nothing to do")
+        return {**state, "complete": True}
     print(f"resuming from {path} after epoch {state['epoch']}")
     return state
-
-
-@contextmanager
-def stop_signals():
-    """Ctrl-C (SIGINT) and a scheduler's or `kill`'s SIGTERM end the run at once, KILLED.
-
-    The handler raises KeyboardInterrupt, as Python's own does for SIGINT, and also records the
-    signal: Python swallows an exception raised while a `__del__` or a weakref callback runs, so
-    an interrupt that lands there would be lost; the recorded one stops the run at the next epoch
-    end instead (see `honour_stop`). Yields the list the signals are recorded in.
-    """
-    received: list[int] = []
-
-    def interrupt(signum, frame):
-        received.append(signum)
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    # a signal the parent set to be ignored (SIGINT in a shell's background job) stays ignored
-    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)
-                if signal.getsignal(s) is not signal.SIG_IGN}
-    try:
-        yield received
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def stop_check(received: list[int]):
@@ -158,7 +136,7 @@ def stop_check(received: list[int]):
 def run(cfg: DictConfig) -> float:
     """Train and evaluate one configuration; return the best validation loss (the objective)."""
     validate(cfg)
-    tracking.check_store(cfg.tracking)  # file checks only: a read-only store answers at once
+    store.check_store(cfg.tracking)  # file checks only: a read-only store answers at once
     resume_state = find_resume(cfg)
     if resume_state and resume_state.get("complete"):
         return resume_state["best_val_loss"]  # a finished job of a resumed sweep: untouched

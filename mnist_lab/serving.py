@@ -12,7 +12,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from mnist_lab.tracking import client_for, load_logged_config
+from mnist_lab.store import client_for
+from mnist_lab.tracking import load_logged_config
 
 
 class ModelSourceError(RuntimeError):
@@ -120,6 +121,22 @@ def register(args: argparse.Namespace) -> int:
     version = mlflow.register_model(f"runs:/{run_id}/model", args.name)
     print(f"registered run {run_id} as models:/{args.name}/{version.version}")
     return 0
+
+
+def log_pytorch_model(model, run_id: str) -> None:
+    """`mlflow.pytorch` model with signature and input example: `runs:/<id>/model` loads it."""
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    model = model.cpu().eval()
+    example = torch.zeros(2, 1, 28, 28).numpy()  # batch 2 keeps the exported batch dim dynamic
+    with torch.inference_mode():
+        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(model, name="model", signature=signature,
+                                 input_example=example,
+                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
 
 def add_parsers(commands) -> None:

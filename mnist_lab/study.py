@@ -53,7 +53,7 @@ def storage_url(sweeper: DictConfig, tracking: DictConfig) -> str:
     """`hydra.sweeper.storage`, else `optuna.db` in the folder of the local MLflow database."""
     if sweeper.storage:
         return sweeper.storage
-    from mnist_lab.tracking import resolve_uri
+    from mnist_lab.store import resolve_uri
 
     uri = resolve_uri(tracking)
     folder = (Path(uri[len("sqlite:///"):]).parent if uri.startswith("sqlite:///")

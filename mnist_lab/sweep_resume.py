@@ -102,9 +102,21 @@ def differences(parent, config: DictConfig) -> str:
     return "the same overrides compose another config (a file in conf/ or experiments/ changed)"
 
 
+def not_running(parent):
+    """`parent`, unless its sweep still runs: the store is reconciled first (liveness), so a
+    RUNNING parent has a live process."""
+    if parent.info.status == "RUNNING":
+        tags = parent.data.tags
+        raise ConfigError(f"sweep {parent.info.run_id} is still running (process "
+                          f"{tags.get('pid', '?')} on {tags.get('host', '?')}); stop it or let "
+                          "it finish before resuming it")
+    return parent
+
+
 def find_sweep(client, experiment_id: str, config: DictConfig):
     """The parent run `resume` asks this multirun to continue; ConfigError if there is none that
-    matches, NothingToResume if the one that matches is complete."""
+    matches or it still runs, NothingToResume if the one that matches is complete. Dead RUNNING
+    runs must be reconciled KILLED first (liveness.reconcile)."""
     key, named = sweep_key(config), named_parent(config)
     if named:
         try:
@@ -121,13 +133,13 @@ def find_sweep(client, experiment_id: str, config: DictConfig):
         if complete(parent):
             raise NothingToResume(f"sweep {named} finished with every job done; nothing to "
                                   "resume")
-        return parent
+        return not_running(parent)
     sweeps = sorted(client.search_runs([experiment_id], filter_string="tags.sweep = 'true'",
                                        max_results=10000), key=last_active, reverse=True)
     same = [s for s in sweeps if s.data.tags.get(KEY_TAG) == key]
     unfinished = [s for s in same if not complete(s)]
     if unfinished:
-        return unfinished[0]
+        return not_running(unfinished[0])
     if same:
         raise NothingToResume(f"the sweep with this configuration ({same[0].info.run_id}) "
                               "finished with every job done; nothing to resume (drop "
@@ -152,9 +164,14 @@ def reopen(client, parent, config: DictConfig) -> None:
         config.hydra.overrides.hydra = [*kept, f"hydra.sweep.dir={json.dumps(folder)}"]
         if "optuna.study" in parent.data.tags:  # its study continues toward n_trials
             config.hydra.sweeper.study_name = parent.data.tags["optuna.study"]
+    from mlflow.entities import RunTag
+
+    from mnist_lab.liveness import process_tags
+
     resumes = int(parent.data.tags.get(RESUMES_TAG, "0")) + 1
-    client.set_tag(parent.info.run_id, RESUMES_TAG, str(resumes))
-    client.set_tag(parent.info.run_id, RESUMED_AT_TAG, str(int(time.time() * 1000)))
+    tags = {**process_tags(), RESUMES_TAG: str(resumes),  # this process's first, then RUNNING
+            RESUMED_AT_TAG: str(int(time.time() * 1000))}
+    client.log_batch(parent.info.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     client.update_run(parent.info.run_id, status="RUNNING")
     print(f"resuming sweep {parent.info.run_id} in {folder} (resume {resumes})")
 
@@ -176,7 +193,7 @@ def continue_job(cfg: DictConfig, parent_id: str) -> dict | None:
     one goes to MLflow's trash, so the sweep keeps one run per job."""
     from mnist_lab import checkpoint
     from mnist_lab.callbacks import children
-    from mnist_lab.tracking import connect
+    from mnist_lab.store import connect
 
     client, _ = connect(cfg.tracking)
     tags = job_tags(cfg)

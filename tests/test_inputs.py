@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import compose_config, run_lab, tiny_overrides
-from mnist_lab import checkpoint, job, tracking
+from mnist_lab import checkpoint, job
+from mnist_lab import store as store_module
 from mnist_lab.cli import main
 from mnist_lab.errors import CheckpointError, DataError, DivergedError, TrackingError
 from mnist_lab.preflight import first_problem
@@ -140,7 +141,7 @@ def test_a_read_only_store_fails_in_one_line_before_data_is_read(tiny_data, tmp_
     real_access = os.access
     for read_only in (db, db.parent):  # the file, then the folder SQLite writes its journal in
         db.touch()
-        monkeypatch.setattr(tracking.os, "access", lambda p, mode, ro=read_only:
+        monkeypatch.setattr(store_module.os, "access", lambda p, mode, ro=read_only:
                             False if p == ro else real_access(p, mode))
         with pytest.raises(TrackingError, match="read-only"):
             job.run(compose_config(tracked(tiny_data, tmp_path)))
@@ -178,7 +179,7 @@ def test_store_errors_from_mlflow_carry_no_sql(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mlflow, "MlflowClient", broken)
     with pytest.raises(TrackingError) as err:
-        tracking.connect(OmegaConf.create({"uri": store(tmp_path), "experiment": "e"}))
+        store_module.connect(OmegaConf.create({"uri": store(tmp_path), "experiment": "e"}))
     assert "disk I/O error" in str(err.value) and "SQL" not in str(err.value).replace("SQLite", "")
 
 

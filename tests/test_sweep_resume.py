@@ -220,15 +220,6 @@ def test_a_sweep_is_known_by_what_its_jobs_compute():
     assert key("experiment=lr_dropout") != key("experiment=seeds")
 
 
-def test_resume_in_a_sweep_without_tracking_is_refused_before_anything(tmp_path):
-    result = run_lab(["-m", *tiny_overrides(make_dataset(tmp_path / "tiny")),
-                      "optim.lr=1e-3,1e-4", "resume=true"], cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip() == ("error: resume=true in a sweep finds the sweep in the "
-                                     "MLflow store, which tracking=off turns off")
-    assert not (tmp_path / "multirun").exists()
-
-
 @pytest.mark.slow
 def test_resume_finds_the_sweep_it_names_and_refuses_any_other(tmp_path):
     """find_sweep on a store holding parents only (no training): the callback's choice."""
@@ -269,6 +260,15 @@ def test_resume_finds_the_sweep_it_names_and_refuses_any_other(tmp_path):
     single = client.create_run(experiment).info.run_id
     with pytest.raises(ConfigError, match="that run is not a sweep's parent"):
         sweep_resume.find_sweep(client, experiment, multirun_config([*swept, f"resume={single}"]))
+
+    from mnist_lab.liveness import process_tags
+
+    alive = parent("FINISHED", **process_tags())
+    client.update_run(alive, status="RUNNING")  # this test's own process runs it
+    with pytest.raises(ConfigError, match=f"sweep {alive} is still running \\(process "
+                       f"{os.getpid()} on "):
+        sweep_resume.find_sweep(client, experiment, resume)
+    client.set_terminated(alive, "KILLED")
 
     sweep_resume.reopen(client, client.get_run(killed), named)
     assert named.hydra.sweep.dir == str(tmp_path / "s")

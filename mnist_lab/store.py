@@ -1,0 +1,119 @@
+"""The MLflow store: where it is, and opening it safely and fast.
+
+A local SQLite store is checked as a file before any data is read (`check_store`), and opened
+under a lock beside it, since MLflow creates its schema on first use and two processes doing
+that at once fail. A server is asked for its health first. Every failure is one TrackingError.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_lab.errors import TrackingError
+from mnist_lab.schema import PROJECT_ROOT
+
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def resolve_uri(tracking: DictConfig) -> str:
+    if tracking.uri:
+        return tracking.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
+
+
+def check_store(tracking: DictConfig) -> None:
+    """The file checks of opening a local SQLite store, made before any data is read: the file is
+    an SQLite database, and it and its folder can be written (SQLite writes a journal beside it).
+    Without them a read-only store fails only at the first write, after minutes of retries."""
+    uri = resolve_uri(tracking)
+    if not tracking.enabled or not uri.startswith("sqlite:///"):
+        return
+    db = Path(uri[len("sqlite:///"):])
+    hint = "set tracking.uri (or MLFLOW_TRACKING_URI) to a writable store, or use tracking=off"
+    if db.is_dir():
+        raise TrackingError(f"MLflow store {uri}: {db} is a folder, not a database file; {hint}")
+    if db.is_file():
+        try:
+            with open(db, "rb") as f:
+                header = f.read(len(SQLITE_HEADER))
+        except OSError as err:
+            raise TrackingError(f"MLflow store {uri} cannot be read ({err.strerror}); "
+                                f"{hint}") from None
+        if header and header != SQLITE_HEADER:
+            raise TrackingError(f"MLflow store {uri} is not an SQLite database (corrupt, or another "
+                                f"kind of file); move it away or {hint}")
+        if not os.access(db, os.W_OK):
+            raise TrackingError(f"MLflow store {uri} is read-only; {hint}")
+    folder = db.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the folder that connect() will create the rest under
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TrackingError(f"MLflow store {uri}: the folder {folder} is read-only (SQLite writes "
+                            f"its journal beside the database); {hint}")
+
+
+@contextmanager
+def store_lock(uri: str):
+    """Exclusive while a SQLite store opens: MLflow creates its schema on first use, and two
+    processes doing that at once fail ("duplicate column name"). Servers handle their own."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(f"{uri[len('sqlite:///'):]}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def connect(tracking: DictConfig):
+    """A client on a checked store and the experiment's id; raises TrackingError fast."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = resolve_uri(tracking)
+    hint = "set tracking.uri (or MLFLOW_TRACKING_URI) to a reachable store, or use tracking=off"
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
+        except requests.RequestException as err:
+            raise TrackingError(f"MLflow server {uri} is unreachable ({err.__class__.__name__}); "
+                                f"start it or {hint}") from None
+    elif uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    elif "://" not in uri and not uri.startswith("databricks"):
+        raise TrackingError(f"tracking.uri={uri!r} is not a URI (sqlite:///path.db, "
+                            f"http://host:port, postgresql://...); {hint}")
+    mlflow.set_tracking_uri(uri)
+    try:
+        with store_lock(uri):
+            client = MlflowClient(uri)  # opens the store: a corrupt file fails here
+            experiment = client.get_experiment_by_name(tracking.experiment)
+        if experiment is not None:
+            return client, experiment.experiment_id
+        location = None
+        if uri.startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
+            db = Path(uri[len("sqlite:///"):])
+            location = (db.parent / "artifacts" / tracking.experiment).resolve().as_uri()
+        try:
+            return client, client.create_experiment(tracking.experiment, location)
+        except mlflow.exceptions.MlflowException:  # another job created it a moment ago
+            return client, client.get_experiment_by_name(tracking.experiment).experiment_id
+    except TrackingError:
+        raise
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrackingError(f"MLflow store {uri} failed: {reason}; {hint}") from None  # no SQL
+
+
+def client_for(uri: str | None, experiment: str = "mnist-lab"):
+    """A client on the store run.py would use (or `uri`), for the mnist-lab commands."""
+    return connect(OmegaConf.create({"uri": uri, "experiment": experiment}))[0]

@@ -1,0 +1,138 @@
+"""The MLflow store under concurrency and after crashes: creation races, dead runs reconciled."""
+
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from mlflow import MlflowClient
+from omegaconf import OmegaConf
+
+from conftest import ROOT, compose_config, make_dataset, tiny_overrides
+from mnist_lab import tracking
+from mnist_lab.cli import main
+from mnist_lab.liveness import reconcile
+from mnist_lab.store import connect
+
+
+def connect_when_told(uri, go, results):
+    import mlflow  # noqa: F401  imported before the start signal, so the connects overlap
+
+    go.wait()
+    try:
+        connect(OmegaConf.create({"uri": uri, "experiment": "mnist-lab"}))
+        results.put("ok")
+    except Exception as err:  # noqa: BLE001  the test reports whatever a process hit
+        results.put(f"{type(err).__name__}: {err}")
+
+
+@pytest.mark.slow
+def test_processes_started_together_on_a_fresh_sqlite_store_all_connect(tmp_path):
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    spawn = multiprocessing.get_context("spawn")
+    go, results = spawn.Event(), spawn.Queue()
+    processes = [spawn.Process(target=connect_when_told, args=(uri, go, results))
+                 for _ in range(4)]
+    for p in processes:
+        p.start()
+    go.set()
+    outcomes = [results.get(timeout=120) for _ in processes]
+    for p in processes:
+        p.join(timeout=30)
+    assert outcomes == ["ok"] * 4
+
+
+def dead_process() -> psutil.Process:
+    """A process that ran on this host and has ended (its pid and start time are known)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    process = psutil.Process(child.pid)
+    process.create_time()  # cached now, as a run's tags would hold it
+    child.kill()
+    child.wait()
+    return process
+
+
+def running_run(client, experiment_id, **tags):
+    tags = {key.replace("_", "."): str(value) for key, value in tags.items()}
+    return client.create_run(experiment_id, tags=tags).info.run_id
+
+
+def status(client, run_id):
+    return client.get_run(run_id).info.status
+
+
+def test_dead_runs_are_reconciled_killed_and_live_ones_left_alone(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("mnist-lab")
+    me, gone = psutil.Process(), dead_process()
+    now = time.time()
+    alive = running_run(client, experiment, host=socket.gethostname(), pid=me.pid,
+                        pid_started=me.create_time(), heartbeat=int(now) - 86400)
+    dead = running_run(client, experiment, host=socket.gethostname(), pid=gone.pid,
+                       pid_started=gone.create_time(), heartbeat=int(now))
+    recycled = running_run(client, experiment, host=socket.gethostname(), pid=me.pid,
+                           pid_started=me.create_time() - 1000, heartbeat=int(now))
+    elsewhere_live = running_run(client, experiment, host="gpu-node-7", pid=1, pid_started=0,
+                                 heartbeat=int(now) - 60)
+    elsewhere_silent = running_run(client, experiment, host="gpu-node-8", pid=1, pid_started=0,
+                                   heartbeat=int(now) - 2 * 3600)
+    unknown = running_run(client, experiment)  # made before runs recorded their process
+
+    dead_ids = {run_id for run_id, _, _ in reconcile(client)}
+    assert dead_ids == {dead, recycled, elsewhere_silent}
+    for run_id in dead_ids:
+        assert status(client, run_id) == "KILLED"
+    assert "is gone" in client.get_run(dead).data.tags["killed_because"]
+    assert "no heartbeat from gpu-node-8" in client.get_run(elsewhere_silent).data.tags[
+        "killed_because"]
+    for run_id in (alive, elsewhere_live, unknown):
+        assert status(client, run_id) == "RUNNING"
+    # a sweep's parent on another host lives while a child of it beats
+    parent = running_run(client, experiment, host="login-1", pid=1, pid_started=0,
+                         heartbeat=int(now) - 5 * 3600)
+    running_run(client, experiment, host="gpu-node-9", pid=1, pid_started=0,
+                heartbeat=int(now), mlflow_parentRunId=parent)
+    assert reconcile(client) == [] and status(client, parent) == "RUNNING"
+
+
+def test_a_run_being_resumed_is_not_reconciled(tiny_data, tmp_path):
+    cfg = compose_config([*tiny_overrides(tiny_data), "tracking=local",
+                          f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"])
+    client, experiment = connect(cfg.tracking)
+    gone = dead_process()
+    run_id = running_run(client, experiment, host=socket.gethostname(), pid=gone.pid,
+                         pid_started=gone.create_time(), heartbeat=int(time.time()))
+    resuming = tracking.MlflowRun(cfg)  # opening the store reconciles: the dead run is KILLED
+    assert status(client, run_id) == "KILLED"
+    assert resuming._reopen(run_id)  # this process takes it over, then marks it RUNNING
+    assert reconcile(client) == [] and status(client, run_id) == "RUNNING"
+    assert client.get_run(run_id).data.tags["pid"] == str(os.getpid())
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_is_marked_killed_by_the_next_run_and_on_demand(tiny_data,
+                                                                                    tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    data = make_dataset(tmp_path / "bigger", train=3000, test=200)
+    args = [*tiny_overrides(data), "tracking=local", f"tracking.uri={uri}", "train.epochs=20",
+            "plots=false", "tracking.log_model=false", f"hydra.run.dir={tmp_path}/o"]
+    for _ in range(2):
+        process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args],
+                                   stdout=subprocess.PIPE, text=True)
+        while "epoch   1/20" not in process.stdout.readline():
+            assert process.poll() is None
+        process.kill()
+        process.wait()
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("mnist-lab").experiment_id
+    first, second = client.search_runs([experiment], order_by=["attributes.start_time ASC"])
+    assert first.info.status == "KILLED"  # the second run reconciled it when it started
+    assert second.info.status == "RUNNING" and "heartbeat" in second.data.tags
+    assert main(["reconcile", "--uri", uri, "--dry-run"]) == 0
+    assert status(client, second.info.run_id) == "RUNNING"
+    assert main(["reconcile", "--uri", uri]) == 0
+    assert status(client, second.info.run_id) == "KILLED"

@@ -1,0 +1,84 @@
+"""A job that fails anywhere is a FAILED run with its reason, counted by its sweep; a finished
+run is not resumed twice."""
+
+import subprocess
+import sys
+
+import pytest
+from mlflow import MlflowClient
+
+from conftest import ROOT, compose_config, tiny_overrides
+from mnist_lab import job, tracking
+from mnist_lab.data import DataError
+
+
+def store(tmp_path):
+    return f"sqlite:///{tmp_path}/store/mlflow.db"
+
+
+def runs_in(uri):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("mnist-lab")
+    return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
+def tracked(tiny_data, tmp_path, *extra):
+    return [*tiny_overrides(tiny_data), "tracking=local", f"tracking.uri={store(tmp_path)}",
+            "tracking.log_model=false", "plots=false", *extra]
+
+
+@pytest.mark.slow
+def test_a_job_failing_before_its_run_exists_is_a_failed_run_and_fails_the_sweep(tiny_data,
+                                                                                  tmp_path):
+    # the second job's data folder is missing: it fails after validation and before its run
+    # exists; it is a FAILED child, counted, and the sweep exits 1 after its summary (an
+    # exception of any kind there is recorded too: the next test)
+    missing = tmp_path / "missing"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "-m", *tracked(tiny_data, tmp_path),
+         f"data.root={tiny_data},{missing}", f"hydra.sweep.dir={tmp_path}/s"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "sweep summary: 2 runs, 1 failed" in result.stdout  # printed before the exit status
+    assert "1 job of this sweep failed" in result.stderr and "Traceback" not in result.stderr
+    runs = runs_in(store(tmp_path))
+    parent = next(r for r in runs if r.data.tags.get("sweep") == "true")
+    children = {r.data.params["data.root"]: r for r in runs if r is not parent}
+    assert children[str(tiny_data)].info.status == "FINISHED"
+    failed = children[str(missing)]
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert "not found" in failed.data.tags["error"]
+    assert parent.data.tags["sweep.failed"] == "1" and parent.data.tags["sweep.runs"] == "2"
+    assert parent.info.status == "FINISHED"
+
+
+def test_an_error_before_the_run_starts_is_recorded_once(tiny_data, tmp_path):
+    cfg = compose_config(tracked(tiny_data, tmp_path))
+    with pytest.raises(ValueError, match="broken optimizer"):
+        with tracking.open_run(cfg):
+            raise ValueError("broken optimizer")
+    (run,) = runs_in(store(tmp_path))
+    assert run.info.status == "FAILED" and "broken optimizer" in run.data.tags["error"]
+    assert run.data.params["optim.lr"] == "0.001"  # the config it failed with
+    # bad input before the run exists is refused, not recorded (a sweep records it: cli.train)
+    with pytest.raises(DataError):
+        with tracking.open_run(cfg):
+            raise DataError("missing file")
+    assert len(runs_in(store(tmp_path))) == 1
+
+
+def test_resume_of_a_finished_run_says_so_and_leaves_it_alone(tiny_data, tmp_path, monkeypatch,
+                                                             capsys):
+    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
+    objective = job.run(compose_config(tracked(tiny_data, tmp_path)))
+    (run,) = runs_in(store(tmp_path))
+    again = job.run(compose_config(tracked(tiny_data, tmp_path, "resume=true")))
+    assert again == objective
+    assert "is complete (FINISHED)" in capsys.readouterr().out
+    (after,) = runs_in(store(tmp_path))
+    assert after.info.status == "FINISHED" and after.info.end_time == run.info.end_time
+    client = MlflowClient(store(tmp_path))
+    assert len(client.get_metric_history(run.info.run_id, "val/loss")) == 2  # one per epoch
+    assert len(client.get_metric_history(run.info.run_id, "test/acc")) == 1
+    assert len(client.get_metric_history(run.info.run_id, "best_epoch")) == 1
