@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_lab.errors import LabError, TrackingError, TrialPruned
 from mnist_lab.identity import flatten, identifies_run
 from mnist_lab.store import connect
+from mnist_lab.sweep_resume import job_tags
 
 PARENT_ID_FILE = "mlflow_parent_run_id"  # in the sweep folder, written by the sweep callback
 STATUS_FOR = {KeyboardInterrupt: "KILLED", SystemExit: "KILLED", TrialPruned: "FINISHED"}
