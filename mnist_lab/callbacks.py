@@ -60,7 +60,7 @@ class MlflowSweepCallback(Callback):
         if resuming:  # an Optuna sweep's study continues too: reopen names it
             client, experiment_id = connect(config.tracking)
             reconcile(client)  # dead RUNNING runs end KILLED: a RUNNING parent is alive
-            self.parent_id = resumed_parent(client, experiment_id, config)
+            self.parent_id = sweep_resume.continue_sweep(client, experiment_id, config)
             sweep_dir = Path(config.hydra.sweep.dir)  # the resumed sweep's own folder
         elif optuna:
             client, self.parent_id = study_parent(config, name, tags)
@@ -156,24 +156,6 @@ def settle_study(config: DictConfig, client, parent_id: str) -> int:
     return sum(state == "RUNNING" for state in states.values())
 
 
-def resumed_parent(client, experiment_id: str, config: DictConfig) -> str:
-    """The parent run of the sweep `resume` continues, reopened; a complete one ends this
-    process (exit 0), one that can't be continued is refused (exit 2)."""
-    from mnist_lab import sweep_resume
-
-    try:
-        parent = sweep_resume.find_sweep(client, experiment_id, config)
-    except sweep_resume.NothingToResume as done:
-        print(done)
-        sys.exit(0)
-    except ConfigError as err:
-        refuse(err)
-    sweep_resume.reopen(client, parent, config)
-    if is_optuna_sweep(config):
-        sweep_resume.retry_lost_trials(client, parent.info.run_id, config)
-    return parent.info.run_id
-
-
 def refuse(err: ConfigError) -> None:
     """A sweep the callback can't start: one line, exit status 2, before any job."""
     print(f"error: {err}", file=sys.stderr)
@@ -238,16 +220,11 @@ def seed_spread(finished: list, swept: list[str]) -> list[dict]:
     return rows
 
 
-def log_once(client, parent_id: str, key: str, value: float) -> None:
-    """A summary metric on the parent, unless a resumed sweep's earlier summary has it already."""
-    if client.get_run(parent_id).data.metrics.get(key) != value:
-        client.log_metric(parent_id, key, value)
-
-
 def summarise(client, parent_id: str) -> int:
     """Table (CSV + Markdown), overlaid val/loss curves and the best child, on the parent;
     returns how many jobs failed."""
     from mnist_lab.plots import overlay
+    from mnist_lab.sweep_resume import log_once
     from mnist_lab.tracking import metric_curve, write_table
 
     runs = children(client, parent_id)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -174,6 +175,31 @@ def reopen(client, parent, config: DictConfig) -> None:
     client.log_batch(parent.info.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     client.update_run(parent.info.run_id, status="RUNNING")
     print(f"resuming sweep {parent.info.run_id} in {folder} (resume {resumes})")
+
+
+def continue_sweep(client, experiment_id: str, config: DictConfig) -> str:
+    """The parent run of the sweep `resume` continues, reopened; a complete one ends this
+    process (exit 0), one that can't be continued is refused (exit 2)."""
+    from mnist_lab.callbacks import refuse
+    from mnist_lab.study import is_optuna_sweep
+
+    try:
+        parent = find_sweep(client, experiment_id, config)
+    except NothingToResume as done:
+        print(done)
+        sys.exit(0)
+    except ConfigError as err:
+        refuse(err)
+    reopen(client, parent, config)
+    if is_optuna_sweep(config):
+        retry_lost_trials(client, parent.info.run_id, config)
+    return parent.info.run_id
+
+
+def log_once(client, parent_id: str, key: str, value: float) -> None:
+    """A summary metric on the parent, unless a resumed sweep's earlier summary has it already."""
+    if client.get_run(parent_id).data.metrics.get(key) != value:
+        client.log_metric(parent_id, key, value)
 
 
 def job_tags(cfg: DictConfig) -> dict[str, str]:
