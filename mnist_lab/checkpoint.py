@@ -33,7 +33,7 @@ PICKLE_MAGIC = b"\x80\x02"  # the legacy format: a protocol-2 pickle
 
 
 def folder_for(cfg: DictConfig) -> Path:
-    return Path(cfg.checkpoint.dir) / f"{cfg.model.name}-{config_key(cfg)}"
+    return Path(cfg.checkpoint.dir) / f"{cfg.choices.model}-{config_key(cfg)}"
 
 
 @dataclass

@@ -10,6 +10,8 @@ import hashlib
 
 from omegaconf import DictConfig, OmegaConf
 
+GROUPS = ("model", "optim", "init", "sched", "dropout")  # in `choices`, logged as `model.name`...
+
 # Keys that don't change what a run computes: the same training continues (resume) and the same
 # checkpoint folder is used whatever their values.
 NOT_IDENTITY = ("resume", "tracking", "train.progress", "checkpoint", "launcher", "threads",
@@ -31,8 +33,15 @@ def leaves(container: dict, prefix: str = ""):
 
 
 def flatten(cfg: DictConfig) -> dict[str, str]:
-    """The resolved config as `a.b.c` -> value strings, the form MLflow params take."""
-    return {key: str(value) for key, value in leaves(OmegaConf.to_container(cfg, resolve=True))}
+    """The resolved config as `a.b.c` -> value strings, the form MLflow params take; a group's
+    choice (`choices.model`) is the param `model.name`, the name users filter on."""
+    return {param_name(key): str(value)
+            for key, value in leaves(OmegaConf.to_container(cfg, resolve=True))}
+
+
+def param_name(key: str) -> str:
+    group, dot, rest = key.partition(".")
+    return f"{rest}.name" if group == "choices" and dot else key
 
 
 def config_key(cfg: DictConfig) -> str:

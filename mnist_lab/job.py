@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
 import tempfile
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import checkpoint, stats, store, tracking
@@ -16,7 +17,7 @@ from mnist_lab.checkpoint import TrainingState, save_every_epoch
 from mnist_lab.data import load_mnist, split_seed
 from mnist_lab.evaluate import evaluate, report
 from mnist_lab.identity import config_key
-from mnist_lab.models import build_model, count_parameters, without_name
+from mnist_lab.models import build_model, count_parameters
 from mnist_lab.pruning import trial_hook
 from mnist_lab.schema import ConfigError, validate
 from mnist_lab.stopping import stop_signals
@@ -31,9 +32,13 @@ def pick_device(name: str) -> torch.device:
 
 def job_threads(cfg: DictConfig) -> int:
     """torch threads for this job: the config's, else a fair share of the cores in a sweep."""
+    from hydra.core.hydra_config import HydraConfig
+
     if cfg.threads:
         return cfg.threads
-    if cfg.launcher.name in ("slurm", "submitit_local"):
+    launcher = (HydraConfig.get().runtime.choices.get("hydra/launcher")
+                if HydraConfig.initialized() else None)
+    if launcher in ("submitit_slurm", "submitit_local"):  # a job per task: its own cores
         return cfg.launcher.cpus_per_task
     if cfg.launcher.n_jobs > 1:
         return max(1, (os.cpu_count() or 1) // cfg.launcher.n_jobs)
@@ -52,13 +57,15 @@ def seed_everything(seed: int, deterministic: bool, device: torch.device) -> Non
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module, steps_per_epoch: int):
-    optimizer = instantiate(without_name(cfg.optim), _convert_="all")(model.parameters())
-    sched = without_name(cfg.sched)
-    if "_target_" not in sched:
+    """The optimizer and the scheduler (None for sched=none); a scheduler gets the run's
+    `steps_per_epoch` only if its signature takes it (OneCycleLR does)."""
+    optimizer = instantiate(cfg.optim, _convert_="all")(model.parameters())
+    if "_target_" not in cfg.sched:
         return optimizer, None
-    sched.pop("interval")
-    extra = {"steps_per_epoch": steps_per_epoch} if "epochs" in sched else {}
-    return optimizer, instantiate(sched, optimizer, **extra)
+    runtime = {"steps_per_epoch": steps_per_epoch}
+    takes = inspect.signature(get_object(cfg.sched._target_)).parameters
+    return optimizer, instantiate(cfg.sched, optimizer,
+                                  **{k: v for k, v in runtime.items() if k in takes})
 
 
 def output_dir() -> Path:
@@ -82,11 +89,11 @@ def write_outputs(out: Path, cfg: DictConfig, state: TrainingState, test, data) 
     write_table(rows, out / "per_class.csv", out / "per_class.md")
     stats.write_predictions(out / stats.PREDICTIONS, data.test_labels.tolist(),
                             test.predictions.tolist())  # for image-by-image comparisons
-    (out / "report.txt").write_text(report(test, f"{cfg.model.name} on the test set") + "\n")
+    (out / "report.txt").write_text(report(test, f"{cfg.choices.model} on the test set") + "\n")
     if cfg.plots:  # matplotlib costs ~0.3 s to import, so only when figures are wanted
         from mnist_lab import plots
 
-        plots.write_run_figures(out, cfg.model.name, state.history, state.best_epoch, test,
+        plots.write_run_figures(out, cfg.choices.model, state.history, state.best_epoch, test,
                             data.test_images, data.test_labels)
 
 
@@ -167,7 +174,7 @@ def run(cfg: DictConfig) -> float:
                           tags=trial.tags if trial else None)
         if resume_state:
             run_tracker.catch_up(state.history)
-        print(f"{cfg.model.name}: {count_parameters(model):,} parameters, "
+        print(f"{cfg.choices.model}: {count_parameters(model):,} parameters, "
               f"{len(data.train_images):,} train / {len(data.val_images):,} val / "
               f"{len(data.test_images):,} test images, device {device}", flush=True)
 
@@ -185,7 +192,7 @@ def run(cfg: DictConfig) -> float:
         test = evaluate(model, data.test_images, data.test_labels, cfg.eval.batch_size,
                         tta=cfg.eval.tta)
         print(f"best epoch {state.best_epoch} (val/loss {state.best_val_loss:.4f})")
-        print(report(test, f"{cfg.model.name} on the test set"), flush=True)
+        print(report(test, f"{cfg.choices.model} on the test set"), flush=True)
         out = output_dir()
         write_outputs(out, cfg, state, test, data)
         run_tracker.finish(model, state, test, out)

@@ -6,10 +6,12 @@ composing; this module checks the values, in three generic passes and one table:
 - the config has exactly the schema's keys: none added with `+`, none deleted with `~`, none `???`;
 - every float is finite and every integer fits in 64 bits (keys without a rule of their own);
 - `RULES`: one test and one sentence per key that needs a range or a choice;
-- then the checks that relate two values (batch size vs the training set, nesterov vs momentum).
+- then the checks that relate two values (batch size vs the training set, nesterov vs momentum);
+- last, each component's keys against its `_target_`'s signature, as torchtune checks its configs,
+  so a new component is one YAML file (a schema in schema.py only adds types).
 
-No torch and no MLflow here: a bad value answers in well under a second. The only file read is
-the training labels' IDX header.
+No MLflow here, and torch only for that last pass (the job imports it next anyway): a bad value
+answers in well under a second. The only file read is the training labels' IDX header.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import gzip
+import inspect
 import math
 import re
 import struct
@@ -28,11 +31,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mnist_lab.errors import ConfigError
-from mnist_lab.identity import leaves
+from mnist_lab.identity import GROUPS, leaves
 
 INT64_MAX = 2**63 - 1
-DEVICES = ("auto", "cpu", "cuda")
-PROGRESS = ("auto", "bar", "lines", "off")
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # names end up in folder and run names
 CHANCE_LOSS = math.log(10)  # cross-entropy of a uniform guess over the ten digits
 
@@ -98,11 +99,9 @@ SEED = Rule(count(0).test, f"an integer from 0 to 2**63 - 1 = {INT64_MAX}")
 
 RULES: dict[str, Rule] = {
     "seed": SEED,
-    "device": one_of(*DEVICES),
     "threads": Rule(count(0, 1024).test, "0 (torch's default) or a thread count up to 1024"),
     "resume": Rule(lambda v: isinstance(v, bool) or (isinstance(v, str) and v != ""),
                    "false, true or the MLflow run id of the run to continue"),
-    "model.name": NAMED,
     "model.image_size": Rule(lambda v: v == 28, "28, the side of MNIST's images"),
     "model.num_classes": Rule(lambda v: v == 10, "10, one per digit"),
     "model.hidden": sizes(8, 4096),
@@ -110,7 +109,6 @@ RULES: dict[str, Rule] = {
     "model.channels": sizes(4, 1024, least=1),
     "model.kernel_size": Rule(lambda v: count(1, 9).test(v) and v % 2 == 1,
                               "an odd integer from 1 to 9 (the padding keeps the side)"),
-    "optim.name": NAMED,
     "optim.lr": number(0, low_open=True, what="a finite learning rate"),
     "optim.weight_decay": NON_NEGATIVE,
     "optim.betas": Rule(lambda v: isinstance(v, list) and len(v) == 2
@@ -120,8 +118,6 @@ RULES: dict[str, Rule] = {
     "optim.momentum": UNIT,
     "optim.dampening": number(0, 1),
     "optim.alpha": UNIT,
-    "sched.name": NAMED,
-    "sched.interval": one_of("epoch", "step"),
     "sched.step_size": count(1),
     "sched.gamma": POSITIVE,
     "sched.T_max": count(1),
@@ -129,12 +125,9 @@ RULES: dict[str, Rule] = {
     "sched.max_lr": POSITIVE,
     "sched.epochs": count(1),
     "sched.pct_start": number(0, 1, low_open=True, high_open=True),
-    "dropout.name": NAMED,
     "dropout.p": number(0, 1, high_open=True, what="a probability"),
-    "init.name": NAMED,
     "train.epochs": count(1),
     "train.batch_size": count(1),
-    "train.progress": one_of(*PROGRESS),
     "train.label_smoothing": UNIT,
     "train.divergence_loss": Rule(lambda v: number(CHANCE_LOSS, low_open=True).test(v),
                                   f"a finite loss above chance level, ln 10 = {CHANCE_LOSS:.3f}"),
@@ -147,8 +140,8 @@ RULES: dict[str, Rule] = {
     "data.rotate_degrees": number(0, 180),
     "data.shift_pixels": number(0, 14),
     "checkpoint.dir": text(4096),
+    **{f"choices.{group}": NAMED for group in GROUPS},
     "tracking.experiment": text(256),  # MLflow's SQL stores hold names of up to 256 characters
-    "launcher.name": NAMED,
     "launcher.n_jobs": count(1, 1024),
     "launcher.timeout_min": count(1),
     "launcher.cpus_per_task": count(1, 1024),
@@ -170,7 +163,8 @@ def unknown_key(full_key: str, schema: type) -> str:
     knobs = sorted(f.name for f in dataclasses.fields(schema) if not f.name.startswith("_"))
     close = difflib.get_close_matches(key, knobs, n=1)
     hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
-    return f"not a key of the config; {hint}{parent or 'the top level'} has {', '.join(knobs)}"
+    has = f"has {', '.join(knobs)}" if knobs else "takes no keys"
+    return f"not a key of the config; {hint}{parent or 'the top level'} {has}"
 
 
 def check_keys(node: DictConfig, prefix: str = "") -> None:
@@ -223,6 +217,29 @@ def validate(cfg: DictConfig) -> None:
         elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX:
             fail(key, value, "an integer that fits in 64 bits")
     check_combinations(cfg)
+    check_arguments(cfg)
+
+
+def check_arguments(node: DictConfig, prefix: str = "") -> None:
+    """Every key of a `_target_` node is an argument its target takes."""
+    from hydra.utils import get_object
+
+    if "_target_" in node:
+        target = node._target_
+        try:
+            params = inspect.signature(get_object(target)).parameters
+        except Exception as err:  # noqa: BLE001  a target that does not import
+            fail(f"{prefix}_target_", target, f"an importable callable ({err})")
+        takes = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        allowed = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY,
+                                                               p.POSITIONAL_OR_KEYWORD)]
+        for key in node:
+            if not str(key).startswith("_") and key not in params and not takes:
+                fail(f"{prefix}{key}", node[key], f"not an argument of {target}, which takes "
+                                                  f"{', '.join(allowed)}")
+    for key in node:
+        if not OmegaConf.is_interpolation(node, key) and isinstance(node[key], DictConfig):
+            check_arguments(node[key], f"{prefix}{key}.")
 
 
 def check_combinations(cfg: DictConfig) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 
@@ -25,11 +25,10 @@ def classifier_head(in_features: int, hidden: Sequence[int], num_classes: int,
 class FFNN(nn.Sequential):
     """784-512-256-10 by default: flatten, then the FC stack."""
 
-    def __init__(self, name: str = "ffnn", image_size: int = 28, hidden: Sequence[int] = (512, 256),
+    def __init__(self, image_size: int = 28, hidden: Sequence[int] = (512, 256),
                  num_classes: int = 10, dropout: float = 0.2):
         super().__init__(nn.Flatten(), *classifier_head(image_size * image_size, hidden,
                                                         num_classes, dropout))
-        self.name = name
 
 
 class CNN(nn.Sequential):
@@ -40,7 +39,7 @@ class CNN(nn.Sequential):
     each block conv-pool-BN-ReLU instead of conv-BN-ReLU-pool.
     """
 
-    def __init__(self, name: str = "cnn", image_size: int = 28, channels: Sequence[int] = (16, 32),
+    def __init__(self, image_size: int = 28, channels: Sequence[int] = (16, 32),
                  kernel_size: int = 3, hidden: Sequence[int] = (512, 256), num_classes: int = 10,
                  dropout: float = 0.2, batch_norm: bool = False, channels_last: bool = True,
                  pool_first: bool = False):
@@ -63,7 +62,6 @@ class CNN(nn.Sequential):
             layers.append(nn.Dropout(dropout))
         layers += classifier_head(in_channels * side * side, hidden, num_classes, dropout)
         super().__init__(*layers)
-        self.name = name
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -80,16 +78,10 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def without_name(node: DictConfig) -> DictConfig:
-    """A group node minus its `name` label, ready for `instantiate`."""
-    return OmegaConf.create({k: v for k, v in OmegaConf.to_container(node, resolve=True).items()
-                             if k != "name"})
-
-
 def build_model(cfg: DictConfig) -> nn.Module:
     """The configured network, its weights drawn by the configured init."""
     from hydra.utils import instantiate
 
     model = instantiate(cfg.model, dropout=cfg.dropout.p, _convert_="all")
-    instantiate(without_name(cfg.init))(model)
+    instantiate(cfg.init)(model)
     return model

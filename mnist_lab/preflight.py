@@ -14,11 +14,9 @@ from __future__ import annotations
 import re
 import sys
 
-from omegaconf import DictConfig, open_dict
-
 from mnist_lab.errors import ConfigError
 from mnist_lab.limits import unknown_key, validate
-from mnist_lab.schema import PROJECT_ROOT
+from mnist_lab.schema import PROJECT_ROOT, job_config
 
 GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 MOST_COMMAS = 1000  # Hydra parses a list in quadratic time: 10,000 values take minutes
@@ -65,6 +63,9 @@ def problem_in(overrides: list[str], multirun: bool) -> str | None:
         if not key.startswith("hydra") and key.rpartition(".")[2].startswith("_"):
             return (f"{override.input_line}: {key} is wiring, set by the group's option; choose "
                     f"another option ({key.split('.')[0]}=...) instead")
+        if key.split(".")[0] == "choices":
+            return (f"{override.input_line}: choices records the group options chosen; choose "
+                    f"one with {key.partition('.')[2] or 'model'}=... instead")
     base = []  # a discrete sweep's first value stands for it (an interval is the sweeper's)
     for override in parsed:
         if not override.is_sweep_override():
@@ -79,7 +80,7 @@ def problem_in(overrides: list[str], multirun: bool) -> str | None:
             if sweeps:
                 return (f"{sweeps[0].input_line}: a comma sweeps several values, which needs -m; "
                         "a list is written [a,b], a text with a comma 'a,b'")
-            validate(without_hydra(cfg))
+            validate(job_config(cfg))
             return None
         jobs = [base]
         if cfg.hydra.sweeper._target_.endswith(".BasicSweeper"):
@@ -91,7 +92,7 @@ def problem_in(overrides: list[str], multirun: bool) -> str | None:
         refusals, runnable = [], False
         for job in jobs[:MOST_JOBS_CHECKED]:
             # a job that does not compose would stop the sweep halfway: that error propagates
-            cfg = without_hydra(compose("config", overrides=job, return_hydra_config=True))
+            cfg = job_config(compose("config", overrides=job, return_hydra_config=True))
             try:
                 validate(cfg)
                 runnable = True
@@ -104,12 +105,6 @@ def problem_in(overrides: list[str], multirun: bool) -> str | None:
         return refusals[0]
 
 
-def without_hydra(cfg: DictConfig) -> DictConfig:
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
-
-
 def one_line(err: Exception) -> str:
     """Hydra's multi-line composition error as one line, with its suggestion where it has one."""
     from hydra.errors import MissingConfigException, OverrideParseException
@@ -120,8 +115,7 @@ def one_line(err: Exception) -> str:
         return f"{err.override}: cannot parse this override ({reason}); see {GRAMMAR}"
     if isinstance(err, MissingConfigException) and err.options is not None:
         group, _, name = (err.missing_cfg_file or "?/?").rpartition("/")
-        options = [o for o in err.options if not o.endswith("_schema")]
-        return f"{group}={name} is not an option: {group} is one of {', '.join(options)}"
+        return f"{group}={name} is not an option: {group} is one of {', '.join(err.options)}"
     full_key = getattr(cause, "full_key", None)
     if full_key and "not in" in str(cause).splitlines()[0]:  # a key the schema doesn't have
         schema = getattr(cause, "object_type", None)

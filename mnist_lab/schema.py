@@ -9,13 +9,15 @@ module must stay cheap: it runs on every `python run.py --help`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 from mnist_lab.errors import ConfigError  # noqa: F401  (callers import it from here)
+from mnist_lab.identity import GROUPS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,23 +29,20 @@ if not OmegaConf.has_resolver("project_root"):
 @dataclass
 class ModelConf:
     _target_: str = MISSING
-    name: str = MISSING
     image_size: int = 28
     num_classes: int = 10
-    hidden: List[int] = field(default_factory=lambda: [512, 256])
+    hidden: List[int] = field(default_factory=lambda: [512, 256])  # FC widths (after the flatten)
 
 
 @dataclass
 class FFNNConf(ModelConf):
     _target_: str = "mnist_lab.models.FFNN"
-    name: str = "ffnn"
 
 
 @dataclass
 class CNNConf(ModelConf):
     _target_: str = "mnist_lab.models.CNN"
-    name: str = "cnn"
-    channels: List[int] = field(default_factory=lambda: [16, 32])
+    channels: List[int] = field(default_factory=lambda: [16, 32])  # a conv-ReLU-maxpool(2) each
     kernel_size: int = 3
     batch_norm: bool = False
     pool_first: bool = False  # conv-pool-[BN]-ReLU blocks: BN and ReLU on 1/4 of the activations
@@ -54,7 +53,6 @@ class CNNConf(ModelConf):
 class OptimConf:
     _target_: str = MISSING
     _partial_: bool = True
-    name: str = MISSING
     lr: float = 1e-3
     weight_decay: float = 0.0
     foreach: Optional[bool] = None
@@ -63,7 +61,6 @@ class OptimConf:
 @dataclass
 class AdamConf(OptimConf):
     _target_: str = "torch.optim.Adam"
-    name: str = "adam"
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     amsgrad: bool = False
@@ -73,14 +70,12 @@ class AdamConf(OptimConf):
 @dataclass
 class AdamWConf(AdamConf):
     _target_: str = "torch.optim.AdamW"
-    name: str = "adamw"
     weight_decay: float = 1e-2
 
 
 @dataclass
 class SGDConf(OptimConf):
     _target_: str = "torch.optim.SGD"
-    name: str = "sgd"
     lr: float = 1e-2
     momentum: float = 0.9
     dampening: float = 0.0
@@ -91,7 +86,6 @@ class SGDConf(OptimConf):
 @dataclass
 class RMSpropConf(OptimConf):
     _target_: str = "torch.optim.RMSprop"
-    name: str = "rmsprop"
     alpha: float = 0.99
     eps: float = 1e-8
     momentum: float = 0.0
@@ -100,14 +94,12 @@ class RMSpropConf(OptimConf):
 
 @dataclass
 class SchedConf:
-    name: str = MISSING
-    interval: str = "epoch"  # when scheduler.step() runs: after each "epoch" or each "step"
+    """sched=none: no scheduler, a constant learning rate."""
 
 
 @dataclass
 class StepSchedConf(SchedConf):
     _target_: str = "torch.optim.lr_scheduler.StepLR"
-    name: str = "step"
     step_size: int = 5
     gamma: float = 0.1
 
@@ -115,7 +107,6 @@ class StepSchedConf(SchedConf):
 @dataclass
 class CosineSchedConf(SchedConf):
     _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
-    name: str = "cosine"
     T_max: int = "${train.epochs}"  # type: ignore[assignment]
     eta_min: float = 0.0
 
@@ -123,8 +114,6 @@ class CosineSchedConf(SchedConf):
 @dataclass
 class OneCycleSchedConf(SchedConf):
     _target_: str = "torch.optim.lr_scheduler.OneCycleLR"
-    name: str = "onecycle"
-    interval: str = "step"
     max_lr: float = "${optim.lr}"  # type: ignore[assignment]
     epochs: int = "${train.epochs}"  # type: ignore[assignment]
     pct_start: float = 0.3
@@ -132,15 +121,13 @@ class OneCycleSchedConf(SchedConf):
 
 @dataclass
 class DropoutConf:
-    name: str = MISSING
-    p: float = 0.2
+    p: float = 0.2  # where the notebook puts it: after each hidden FC (and the CNN's flatten)
 
 
 @dataclass
 class InitConf:
     _target_: str = MISSING
-    _partial_: bool = True
-    name: str = MISSING
+    _partial_: bool = True  # called with the model: init(model)
 
 
 @dataclass
@@ -153,9 +140,8 @@ class TrackingConf:
 
 @dataclass
 class LauncherConf:
-    """One schema for every launcher; the SLURM keys are read only by launcher=slurm."""
+    """One schema for every launcher; the SLURM keys are read only by the submitit launchers."""
 
-    name: str = "basic"
     n_jobs: int = 1  # jobs at once (parallel); torch threads per job = cores // n_jobs
     partition: Optional[str] = None
     timeout_min: int = 60
@@ -164,12 +150,69 @@ class LauncherConf:
     mem_gb: int = 8
 
 
+# --- choices: enums, so that composition refuses any other value -------------------------------
+class Device(StrEnum):
+    auto = "auto"  # CUDA when present, else the CPU
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Progress(StrEnum):
+    auto = "auto"  # a bar on a terminal, one line per epoch otherwise
+    bar = "bar"
+    lines = "lines"
+    off = "off"
+
+
+class Interval(StrEnum):
+    epoch = "epoch"  # scheduler.step() after each epoch
+    step = "step"  # ... after each batch (OneCycle)
+
+
+
+@dataclass
+class ChoicesConf:
+    """The option chosen in each group (`model: cnn`), read from Hydra's `hydra.runtime.choices`:
+    it names the checkpoint folder, the run and the figures, and the recorded config keeps it."""
+
+    model: str = "${hydra:runtime.choices.model}"
+    optim: str = "${hydra:runtime.choices.optim}"
+    init: str = "${hydra:runtime.choices.init}"
+    sched: str = "${hydra:runtime.choices.sched}"
+    dropout: str = "${hydra:runtime.choices.dropout}"
+
+
+def job_config(composed: DictConfig) -> DictConfig:
+    """The config a job sees, from one composed with `return_hydra_config=True` outside a job
+    (preflight, tests): `choices` read from its `hydra` node, which is then removed."""
+    with open_dict(composed):
+        for group in GROUPS:
+            composed.choices[group] = composed.hydra.runtime.choices[group]
+        del composed["hydra"]
+    return composed
+
+
+def upgrade_recorded(recorded: DictConfig) -> DictConfig:
+    """A config.yaml recorded before the choices node (a `name` in each group's node, the
+    scheduler's `interval` in its node) in today's form, so older runs still predict and rerun."""
+    with open_dict(recorded):
+        for group in (*GROUPS, "launcher"):
+            name = recorded.get(group, {}).pop("name", None)
+            if name is not None and group in GROUPS:
+                OmegaConf.update(recorded, f"choices.{group}", name)
+        interval = recorded.get("sched", {}).pop("interval", None)
+        if interval is not None:
+            OmegaConf.update(recorded, "train.sched_interval", interval)
+    return recorded
+
+
 # --- top level ---------------------------------------------------------------------------------
 @dataclass
 class TrainConf:
     epochs: int = 20
     batch_size: int = 20
-    progress: str = "auto"  # auto: a bar on a terminal, one line per epoch otherwise
+    progress: Progress = Progress.auto
+    sched_interval: Interval = Interval.epoch  # set by the sched option (sched=onecycle: step)
     label_smoothing: float = 0.0
     divergence_loss: float = 100.0  # a training loss above this (chance is ln 10) is divergence
 
@@ -209,20 +252,23 @@ class LabConfig:
     tracking: TrackingConf = MISSING
     launcher: LauncherConf = MISSING
     seed: int = 0
-    device: str = "auto"
+    device: Device = Device.auto
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
-    deterministic: bool = True
+    deterministic: bool = True  # bit-identical metrics for the same config and seed
     plots: bool = True  # write the per-run figures (about 2 s of matplotlib per run)
     resume: Any = False  # false, true (this config's checkpoint; in -m, this sweep) or a run id
     train: TrainConf = field(default_factory=TrainConf)
     eval: EvalConf = field(default_factory=EvalConf)
     data: DataConf = field(default_factory=DataConf)
     checkpoint: CheckpointConf = field(default_factory=CheckpointConf)
+    choices: ChoicesConf = field(default_factory=ChoicesConf)
 
 
 def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="schema", node=LabConfig)
+    # outside the groups (`/schema_model_cnn`, which conf/model/cnn.yaml extends), so that no
+    # schema is an option (`model=cnn_schema`) and --help lists only the real ones
     for group, nodes in {
         "model": {"ffnn": FFNNConf, "cnn": CNNConf},
         "optim": {"adam": AdamConf, "adamw": AdamWConf, "sgd": SGDConf, "rmsprop": RMSpropConf},
@@ -234,7 +280,7 @@ def register() -> None:
         "launcher": {"launcher": LauncherConf},
     }.items():
         for name, node in nodes.items():
-            cs.store(group=group, name=f"{name}_schema", node=node)
+            cs.store(name=f"schema_{group}_{name}", node=node)
 
 
 register()

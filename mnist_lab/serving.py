@@ -43,7 +43,7 @@ def model_from_files(config_path: Path, state_path: Path) -> tuple[torch.nn.Modu
     except CheckpointError as err:
         raise ModelSourceError(str(err)) from None
     except Exception as err:  # another architecture, or not a state_dict at all
-        raise ModelSourceError(f"{state_path}: does not fit the {cfg.model.name} model that "
+        raise ModelSourceError(f"{state_path}: does not fit the {cfg.choices.model} model that "
                                f"{config_path} describes (another run's checkpoint?): "
                                f"{first_line(err)}") from None
     return model.eval(), cfg

@@ -30,9 +30,9 @@ def metric_curve(client, run_id: str, key: str = "val/loss") -> list[float]:
 
 def load_logged_config(path) -> DictConfig:
     """A run's recorded config.yaml, checked against the schema."""
-    from mnist_lab.schema import LabConfig
+    from mnist_lab.schema import LabConfig, upgrade_recorded
 
-    return OmegaConf.merge(OmegaConf.structured(LabConfig), OmegaConf.load(path))
+    return OmegaConf.merge(OmegaConf.structured(LabConfig), upgrade_recorded(OmegaConf.load(path)))
 
 
 def hydra_context() -> tuple[list[str], str | None]:
@@ -52,7 +52,7 @@ def hydra_context() -> tuple[list[str], str | None]:
 
 def run_name(cfg: DictConfig, overrides: list[str]) -> str:
     """`cnn-adam-lr0.001-p0.2`, then any other override, so runs read apart in the UI."""
-    name = f"{cfg.model.name}-{cfg.optim.name}-lr{cfg.optim.lr:g}-p{cfg.dropout.p:g}"
+    name = f"{cfg.choices.model}-{cfg.choices.optim}-lr{cfg.optim.lr:g}-p{cfg.dropout.p:g}"
     covered = ("model", "optim", "optim.lr", "dropout", "dropout.p", "experiment", "data.root")
     keys = [o.lstrip("+~") for o in overrides]
     extra = [o for o in keys if not o.startswith("hydra.")

@@ -22,7 +22,7 @@ from mnist_lab.schema import EvalConf
 
 @dataclass
 class Recipe:
-    """How to train, from `train.*`, `data.augment*`, `sched.interval` and `eval.batch_size`."""
+    """How to train, from `train.*`, `data.augment*`, and `eval.batch_size`."""
 
     epochs: int
     batch_size: int
@@ -37,7 +37,7 @@ class Recipe:
     def from_config(cls, cfg) -> "Recipe":
         augment = (cfg.data.rotate_degrees, cfg.data.shift_pixels) if cfg.data.augment else None
         return cls(epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
-                   sched_interval=cfg.sched.interval, eval_batch_size=cfg.eval.batch_size,
+                   sched_interval=cfg.train.sched_interval, eval_batch_size=cfg.eval.batch_size,
                    label_smoothing=cfg.train.label_smoothing,
                    divergence_loss=cfg.train.divergence_loss, augment=augment,
                    progress=cfg.train.progress)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import mnist_lab.schema  # noqa: F401  registers the schemas
+from mnist_lab.schema import job_config  # importing registers the schemas
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT / "data" / "mnist"
@@ -62,8 +62,11 @@ def tiny_overrides(data_root: Path) -> list[str]:
 
 
 def compose_config(overrides: list[str], return_hydra_config: bool = False):
+    """The config run.py's job gets (its `choices` filled as Hydra's job fills them), or with
+    the `hydra` node too."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    return cfg if return_hydra_config else job_config(cfg)
 
 
 def run_lab(args: list[str], cwd: Path | None = None, timeout: float = 300,

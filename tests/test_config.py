@@ -1,9 +1,13 @@
 import pytest
 import torch
-from hydra.errors import ConfigCompositionException
+from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ValidationError
 
+from omegaconf import OmegaConf
+
 from conftest import ROOT, compose_config, run_lab, tiny_overrides
+from mnist_lab.identity import flatten
+from mnist_lab.preflight import first_problem
 from mnist_lab.job import build_optimizer
 from mnist_lab.models import build_model
 from mnist_lab.schema import ConfigError, validate
@@ -31,10 +35,10 @@ def test_every_option_composes_validates_and_builds(group, option):
     validate(cfg)
     model = build_model(cfg)
     optimizer, scheduler = build_optimizer(cfg, model, steps_per_epoch=10)
-    assert type(optimizer).__name__.lower() == cfg.optim.name
+    assert type(optimizer).__name__.lower() == cfg.choices.optim
     assert optimizer.param_groups[0]["lr"] == pytest.approx(
-        cfg.optim.lr / (25 if cfg.sched.name == "onecycle" else 1))  # OneCycle starts at max/25
-    assert (scheduler is None) == (cfg.sched.name == "none")
+        cfg.optim.lr / (25 if cfg.choices.sched == "onecycle" else 1))  # OneCycle starts at max/25
+    assert (scheduler is None) == (cfg.choices.sched == "none")
     loss = model(torch.rand(4, 1, 28, 28)).sum()
     loss.backward()
     optimizer.step()
@@ -55,7 +59,7 @@ def test_every_optimizer_knob_reaches_the_optimizer():
 
 def test_reference_defaults_are_the_notebooks():
     cfg = compose_config([])
-    assert (cfg.model.name, cfg.optim.name, cfg.optim.lr, cfg.dropout.p, cfg.init.name) == \
+    assert (cfg.choices.model, cfg.choices.optim, cfg.optim.lr, cfg.dropout.p, cfg.choices.init) == \
         ("ffnn", "adam", 1e-3, 0.2, "normal")
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.data.val_size) == (20, 20, 12000)
 
@@ -71,9 +75,7 @@ def test_reference_defaults_are_the_notebooks():
     ("data.val_size=0", "data.val_size"),
     ("data.val_size=60000", "data.val_size"),
     ("data.limit=0", "data.limit"),
-    ("device=gpu", "device"),
     ("threads=-1", "threads"),
-    ("train.progress=fancy", "train.progress"),
 ])
 def test_bad_values_fail_naming_key_value_and_what_is_allowed(override, key):
     cfg = compose_config([override])
@@ -100,6 +102,76 @@ def test_typos_and_wrong_types_fail_at_composition():
         compose_config(["model=transformer"])
 
 
+@pytest.mark.parametrize("override, allowed", [
+    ("device=gpu", "auto, cpu, cuda"),
+    ("train.progress=fancy", "auto, bar, lines, off"),
+    ("train.sched_interval=hour", "epoch, step"),
+])
+def test_choices_are_enums_refused_at_composition_in_one_line(override, allowed):
+    with pytest.raises(ConfigCompositionException):
+        compose_config([override])
+    problem = first_problem([override])
+    key, value = override.split("=")
+    assert problem.startswith(f"{override}:") and f"'{value}'" in problem and allowed in problem
+    assert "\n" not in problem
+
+
+def test_schemas_are_no_options_and_help_lists_only_options():
+    assert first_problem(["model=cnn_schema"]) == \
+        "model=cnn_schema is not an option: model is one of cnn, cnn_bn, ffnn"
+    with pytest.raises(ConfigCompositionException):
+        compose_config(["model=cnn_schema"])
+    listing = run_lab(["--help"]).stdout
+    assert "schema" not in listing.split("== Config")[0]
+    for group, options in GROUPS.items():
+        assert all(option in listing for option in options), group
+
+
+def test_nodes_hold_no_name_and_the_choices_are_recorded():
+    cfg = compose_config(["model=cnn_bn", "optim=sgd", "sched=onecycle", "dropout=none"])
+    for group in ("model", "optim", "init", "sched", "dropout", "launcher"):
+        assert "name" not in cfg[group]
+    assert dict(cfg.choices) == {"model": "cnn_bn", "optim": "sgd", "init": "normal",
+                                 "sched": "onecycle", "dropout": "none"}
+    assert "interval" not in cfg.sched and cfg.train.sched_interval == "step"
+    assert compose_config(["sched=step"]).train.sched_interval == "epoch"
+    params = flatten(cfg)
+    assert (params["model.name"], params["optim.name"], params["sched.name"]) == \
+        ("cnn_bn", "sgd", "onecycle")
+    assert not any(key.startswith("choices.") for key in params)
+
+
+def test_choices_cannot_be_set_by_hand():
+    assert "model=" in first_problem(["choices.model=resnet"])
+
+
+def test_a_component_key_its_target_does_not_take_is_refused():
+    cfg = compose_config([])
+    # a new component is one YAML file, without a schema: its keys are checked against its
+    # target's signature (weight_init.normal(model) takes no gain)
+    cfg.init = OmegaConf.create({"_target_": "mnist_lab.weight_init.normal", "_partial_": True,
+                                 "gain": 2.0})
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert str(err.value).startswith("init.gain=2.0 is not allowed: not an argument of "
+                                     "mnist_lab.weight_init.normal")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml")))
+def test_every_experiment_composes_and_validates(name):
+    """Each file in experiments/, found by listing the folder: a new one is checked too."""
+    try:
+        cfg = compose_config([f"experiment={name}"])
+    except MissingConfigException as err:  # a Hydra plugin (a sweeper) not installed here
+        if not (err.missing_cfg_file or "").startswith("hydra/"):
+            raise
+        pytest.skip(f"needs the Hydra plugin config {err.missing_cfg_file}")
+    validate(cfg)
+    model = build_model(cfg)
+    build_optimizer(cfg, model, steps_per_epoch=10)
+
+
 def test_bad_value_from_the_command_line_fails_before_any_work(tmp_path, tiny_data):
     result = run_lab([*tiny_overrides(tiny_data), "dropout.p=1.5", f"hydra.run.dir={tmp_path}/o"])
     assert result.returncode == 2
@@ -114,3 +186,35 @@ def test_experiments_are_found_from_any_working_directory(tmp_path):
     assert "batch_size: 20" in result.stdout
     listing = run_lab(["--help"], cwd=tmp_path)
     assert "experiment: " in listing.stdout and "notebook" in listing.stdout
+
+
+def test_a_config_recorded_with_names_in_the_nodes_still_loads(tmp_path):
+    """Runs recorded before the choices node (a `name` per node, `sched.interval`) predict and
+    rerun as before."""
+    from mnist_lab.tracking import load_logged_config
+
+    cfg = compose_config(["model=cnn", "sched=onecycle", "optim=sgd"])
+    recorded = OmegaConf.to_container(cfg, resolve=True)
+    for group, name in recorded.pop("choices").items():
+        recorded[group]["name"] = name
+    recorded["launcher"]["name"] = "basic"
+    recorded["sched"]["interval"] = recorded["train"].pop("sched_interval")
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(recorded))
+    loaded = load_logged_config(tmp_path / "config.yaml")
+    assert OmegaConf.to_container(loaded, resolve=True) == OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_a_new_component_is_one_yaml_file(tmp_path):
+    """A scheduler torch has and the lab never named: a file with its target and arguments."""
+    (tmp_path / "sched").mkdir()
+    (tmp_path / "sched" / "exponential.yaml").write_text(
+        "_target_: torch.optim.lr_scheduler.ExponentialLR\ngamma: 0.9\n")
+    searchpath = f"hydra.searchpath=[file://{tmp_path}]"
+    cfg = compose_config([searchpath, "sched=exponential"])
+    validate(cfg)
+    optimizer, scheduler = build_optimizer(cfg, build_model(cfg), steps_per_epoch=10)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.ExponentialLR)
+    assert scheduler.gamma == 0.9 and flatten(cfg)["sched.name"] == "exponential"
+    problem = first_problem([searchpath, "sched=exponential", "+sched.decay=0.5"])
+    assert problem.startswith("sched.decay=0.5 is not allowed: not an argument of "
+                              "torch.optim.lr_scheduler.ExponentialLR") and "gamma" in problem
