@@ -63,6 +63,9 @@ def search_space(config: DictConfig) -> dict:
 def sweep_key(config: DictConfig) -> str:
     """What identifies a sweep: its identifying overrides (in order: they number the jobs), its
     experiment, its search space, and what its composed config computes."""
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().set_config(config)  # `${hydra:runtime.choices.*}` resolve from it
     jobs = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
     parts = [list(identity_overrides(config.hydra.overrides.task).items()),
              config.hydra.runtime.choices.get("experiment"), search_space(config),
