@@ -38,14 +38,14 @@ class MlflowSweepCallback(Callback):
             try:
                 check(config.hydra.sweeper)
             except ConfigError as err:
-                print(f"error: {err}", file=sys.stderr)
-                sys.exit(2)
+                refuse(err)
         overrides = list(config.hydra.overrides.task)
         again = [o for o in overrides if not o.startswith("resume=")] + ["resume=true"]
         stopping.guard_sweep(f"continue the sweep with python run.py -m {shlex.join(again)} "
                              "(finished jobs are skipped)")
-        if not config.tracking.enabled:
+        if not config.tracking.enabled:  # resume=true: each job continues its checkpoint
             return
+        from mnist_lab import sweep_resume
         from mnist_lab.liveness import process_tags, reconcile
         from mnist_lab.provenance import git_state
         from mnist_lab.store import connect
@@ -53,10 +53,16 @@ class MlflowSweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         experiment = config.hydra.runtime.choices.get("experiment")
         name = f"sweep-{experiment}" if experiment else "sweep"
-        tags = {"sweep": "true", "sweep.dir": str(sweep_dir),
-                "hydra.overrides": " ".join(overrides) or "(none)", **git_state(),
-                **process_tags()}
-        if optuna:
+        tags = {"sweep": "true", "sweep.dir": str(sweep_dir.resolve()),
+                "hydra.overrides": " ".join(overrides) or "(none)",
+                **sweep_resume.new_sweep_tags(config), **git_state(), **process_tags()}
+        resuming = sweep_resume.wants_resume(config)
+        if resuming:  # an Optuna sweep's study continues too: reopen names it
+            client, experiment_id = connect(config.tracking)
+            reconcile(client)  # dead RUNNING runs end KILLED: a RUNNING parent is alive
+            self.parent_id = sweep_resume.continue_sweep(client, experiment_id, config)
+            sweep_dir = Path(config.hydra.sweep.dir)  # the resumed sweep's own folder
+        elif optuna:
             client, self.parent_id = study_parent(config, name, tags)
         else:
             client, experiment_id = connect(config.tracking)
@@ -154,6 +160,12 @@ def settle_study(config: DictConfig, client, parent_id: str) -> int:
     return sum(state == "RUNNING" for state in states.values())
 
 
+def refuse(err: ConfigError) -> None:
+    """A sweep the callback can't start: one line, exit status 2, before any job."""
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
 def children(client, parent_id: str) -> list:
     """Every run nested under the parent, oldest first."""
     runs = client.search_runs(
@@ -216,6 +228,7 @@ def summarise(client, parent_id: str) -> int:
     """Table (CSV + Markdown), overlaid val/loss curves and the best child, on the parent;
     returns how many jobs failed (a KILLED run was interrupted, not failed: it can be resumed)."""
     from mnist_lab.plots import overlay
+    from mnist_lab.sweep_resume import log_once
     from mnist_lab.tables import write_table
     from mnist_lab.tracking import metric_curve
 
@@ -253,11 +266,11 @@ def summarise(client, parent_id: str) -> int:
         for key, child_key in (("best/val_loss", "best/val_loss"), ("best/epoch", "best/epoch"),
                                ("best/test_acc", "test/acc")):
             if child_key in best.data.metrics:
-                client.log_metric(parent_id, key, best.data.metrics[child_key])
+                log_once(client, parent_id, key, best.data.metrics[child_key])
     if len(spread) == 1:  # one configuration over seeds: its spread belongs on the parent
         for key, value in spread[0].items():
             if key.startswith("test/acc_") and math.isfinite(value):
-                client.log_metric(parent_id, key, value)
+                log_once(client, parent_id, key, value)
     print(f"sweep summary: {len(runs)} runs: {len(finished)} completed"
           + (f", {len(pruned)} pruned" if pruned else "") + f", {failed} failed"
           + (f", {len(killed)} killed" if killed else "")

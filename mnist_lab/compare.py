@@ -70,11 +70,12 @@ def find_runs(client, experiment: str, parent: str | None, last: bool,
                          "(python run.py) or pass --experiment")
     ids = [exp.experiment_id]
     if last:
-        sweeps = client.search_runs(ids, "tags.sweep = 'true'",
-                                    order_by=["attributes.start_time DESC"], max_results=1)
+        from mnist_lab.sweep_resume import last_active
+
+        sweeps = client.search_runs(ids, "tags.sweep = 'true'", max_results=10000)
         if not sweeps:
             raise SystemExit(f"no sweep in experiment {experiment!r}; run one with -m first")
-        parent = sweeps[0].info.run_id
+        parent = max(sweeps, key=last_active).info.run_id  # a resumed sweep is the newest
     if parent:
         runs = client.search_runs(ids, f"tags.`mlflow.parentRunId` = '{parent}'",
                                   max_results=10000)

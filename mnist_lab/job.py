@@ -108,9 +108,15 @@ def figure_label(cfg: DictConfig) -> str:
 
 
 def find_resume(cfg: DictConfig) -> dict | None:
-    """The checkpoint `resume` asks for, loaded and matched to this config, or None."""
+    """The checkpoint `resume` asks for, loaded and matched to this config, or None. A job of
+    a resumed sweep asks its earlier run in the sweep instead (see sweep_resume)."""
     if cfg.resume is False or cfg.resume == "false":
         return None
+    _, parent_id = tracking.hydra_context()
+    if parent_id:  # resume= named the sweep, not this job's run
+        from mnist_lab.sweep_resume import continue_job
+
+        return continue_job(cfg, parent_id)
     if cfg.resume is True or cfg.resume == "true":
         path = checkpoint.folder_for(cfg) / checkpoint.LAST
         if not path.is_file():
@@ -150,7 +156,7 @@ def run(cfg: DictConfig) -> float:
     store.check_store(cfg.tracking)  # file checks only: a read-only store answers at once
     resume_state = find_resume(cfg)
     if resume_state and resume_state.get("complete"):
-        return resume_state["best_val_loss"]  # left untouched: no second test/acc
+        return resume_state["best_val_loss"]  # a finished job of a resumed sweep: untouched
     # inputs before the store: opening MLflow takes seconds, a bad data file answers in one
     data = load_mnist(cfg.data.root, cfg.data.val_size, split_seed(cfg), cfg.data.limit,
                       cfg.data.download, cfg.data.verify)

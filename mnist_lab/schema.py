@@ -256,7 +256,7 @@ class LabConfig:
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     deterministic: bool = True  # bit-identical metrics for the same config and seed
     plots: bool = True  # write the per-run figures (about 2 s of matplotlib per run)
-    resume: Any = False  # false, true (this config's last checkpoint) or an MLflow run id
+    resume: Any = False  # false, true (this config's checkpoint; in -m, this sweep) or a run id
     train: TrainConf = field(default_factory=TrainConf)
     eval: EvalConf = field(default_factory=EvalConf)
     data: DataConf = field(default_factory=DataConf)

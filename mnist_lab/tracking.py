@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_lab.errors import LabError, TrackingError, TrialPruned
 from mnist_lab.identity import flatten, run_name
 from mnist_lab.store import connect
+from mnist_lab.sweep_resume import job_tags
 
 PARENT_ID_FILE = "mlflow_parent_run_id"  # in the sweep folder, written by the sweep callback
 STATUS_FOR = {KeyboardInterrupt: "KILLED", SystemExit: "KILLED", TrialPruned: "FINISHED"}
@@ -90,8 +91,8 @@ class MlflowRun(NoTracking):
 
         from mnist_lab.liveness import heartbeat, process_tags
 
-        tags = {"hydra.overrides": " ".join(self.overrides) or "(none)", **tags,
-                **process_tags()}
+        tags = {"hydra.overrides": " ".join(self.overrides) or "(none)", **job_tags(self.cfg),
+                **tags, **process_tags()}
         if self.parent_id:
             tags["mlflow.parentRunId"] = self.parent_id
             self.client.set_tag(self.parent_id, *heartbeat().popitem())  # the sweep lives
