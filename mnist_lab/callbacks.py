@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mnist_lab.errors import ConfigError
-from mnist_lab.study import check, is_optuna_sweep
+from mnist_lab.study import check, is_optuna_sweep, settle_study, study_parent
 from mnist_lab.tracking import PARENT_ID_FILE
 
 SUMMARY_METRICS = ("best/val_loss", "val/acc", "test/acc", "test/loss", "best/epoch")
@@ -113,51 +113,6 @@ class MlflowSweepCallback(Callback):
             print(f"{failed} job{'s' if failed > 1 else ''} of this sweep failed; each run's "
                   "`error` tag says why", file=sys.stderr)
             sys.exit(1)
-
-
-def study_parent(config: DictConfig, name: str, tags: dict[str, str]):
-    """(client, the one parent run of an Optuna study), however many processes join it: found
-    by the study's name and storage, created by whichever process comes first, reopened by the
-    rest. One process at a time, from opening the store on: processes started together on a
-    new SQLite store would otherwise all run MLflow's table migrations at once."""
-    from mnist_lab import study
-    from mnist_lab.liveness import process_tags
-    from mnist_lab.store import connect
-
-    url = study.storage_url(config.hydra.sweeper, config.tracking)
-    study_name = study.study_name(config.hydra.sweeper, config.hydra)
-    tags = {**tags, "optuna.study": study_name, "optuna.storage": study.shown(url)}
-    with study.exclusive(url, study_name):
-        client, experiment_id = connect(config.tracking)
-        found = client.search_runs(
-            [experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
-            filter_string=f"tags.`optuna.study` = '{study_name}' and "
-                          f"tags.`optuna.storage` = '{tags['optuna.storage']}'")
-        if not found:
-            label = config.hydra.sweeper.study_name or Path(config.hydra.sweep.dir).name
-            return client, client.create_run(experiment_id, run_name=f"{name}-{label}",
-                                              tags=tags).info.run_id
-        client.update_run(found[0].info.run_id, status="RUNNING")
-        for key, value in process_tags().items():  # alive while this process is (liveness.py)
-            client.set_tag(found[0].info.run_id, key, value)
-    print(f"joining study {study_name!r}: its MLflow parent run is {found[0].info.run_id}")
-    return client, found[0].info.run_id
-
-
-def settle_study(config: DictConfig, client, parent_id: str) -> int:
-    """A trial whose process died (Optuna failed it: no heartbeat) left its MLflow run RUNNING:
-    mark that run KILLED, as liveness.reconcile does for any run whose process is gone. Returns how many trials other processes are still running."""
-    from mnist_lab import study
-
-    storage = study.open_storage(study.storage_url(config.hydra.sweeper, config.tracking))
-    study_id = storage.get_study_id_from_name(study.study_name(config.hydra.sweeper, config.hydra))
-    states = {str(t.number): t.state.name for t in storage.get_all_trials(study_id, deepcopy=False)}
-    for run in children(client, parent_id):
-        if run.info.status == "RUNNING" and states.get(run.data.tags.get("optuna.trial")) == "FAIL":
-            client.set_tag(run.info.run_id, "killed_because", "its process stopped: no heartbeat "
-                           f"for hydra.sweeper.grace_period={config.hydra.sweeper.grace_period} s")
-            client.set_terminated(run.info.run_id, "KILLED")
-    return sum(state == "RUNNING" for state in states.values())
 
 
 def refuse(err: ConfigError) -> None:

@@ -1,8 +1,7 @@
 """Compare runs side by side: `mnist-lab compare [--last | --parent RUN_ID | RUN_ID ...]`.
 
-Reads the store that run.py writes to (the same default, tracking.uri or MLFLOW_TRACKING_URI)
-and prints one row per training run: model, optimizer, lr, dropout, init, best val loss, test
-accuracy, the weakest class and wall time. `--output DIR` also writes CSV, Markdown and a figure.
+Reads run.py's store (tracking.uri or MLFLOW_TRACKING_URI) and prints a row per training run:
+its settings, best val loss, test accuracy, weakest class and wall time (`--output DIR`: files).
 
 `--stats` then asks whether the difference is real: the runs are grouped by `--by KEY` (default:
 the one key the sweep varied besides seed, else model.name), and each group is compared with the

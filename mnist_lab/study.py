@@ -139,3 +139,49 @@ def exclusive(url: str, name: str):
         finally:
             connection.execute(sqlalchemy.text(unlock), arg)
     engine.dispose()
+
+
+def study_parent(config: DictConfig, name: str, tags: dict[str, str]):
+    """(client, the one parent run of an Optuna study), however many processes join it: found
+    by the study's name and storage, created by whichever process comes first, reopened by the
+    rest. One process at a time, from opening the store on: processes started together on a
+    new SQLite store would otherwise all run MLflow's table migrations at once."""
+    from mnist_lab.liveness import process_tags
+    from mnist_lab.store import connect
+
+    url = storage_url(config.hydra.sweeper, config.tracking)
+    name_of_study = study_name(config.hydra.sweeper, config.hydra)
+    tags = {**tags, "optuna.study": name_of_study, "optuna.storage": shown(url)}
+    with exclusive(url, name_of_study):
+        client, experiment_id = connect(config.tracking)
+        found = client.search_runs(
+            [experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
+            filter_string=f"tags.`optuna.study` = '{name_of_study}' and "
+                          f"tags.`optuna.storage` = '{tags['optuna.storage']}'")
+        if not found:
+            label = config.hydra.sweeper.study_name or Path(config.hydra.sweep.dir).name
+            return client, client.create_run(experiment_id, run_name=f"{name}-{label}",
+                                              tags=tags).info.run_id
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        for key, value in process_tags().items():  # alive while this process is (liveness.py)
+            client.set_tag(found[0].info.run_id, key, value)
+    print(f"joining study {name_of_study!r}: its MLflow parent run is {found[0].info.run_id}")
+    return client, found[0].info.run_id
+
+
+def settle_study(config: DictConfig, client, parent_id: str) -> int:
+    """A trial whose process died (Optuna failed it: no heartbeat) left its MLflow run RUNNING:
+    mark that run KILLED, as liveness.reconcile does for any run whose process is gone. Returns how many trials other processes are still running."""
+    from mnist_lab.callbacks import children
+
+    storage = open_storage(storage_url(config.hydra.sweeper, config.tracking))
+    study_id = storage.get_study_id_from_name(study_name(config.hydra.sweeper, config.hydra))
+    states = {str(t.number): t.state.name for t in storage.get_all_trials(study_id, deepcopy=False)}
+    for run in children(client, parent_id):
+        if run.info.status == "RUNNING" and states.get(run.data.tags.get("optuna.trial")) == "FAIL":
+            client.set_tag(run.info.run_id, "killed_because", "its process stopped: no heartbeat "
+                           f"for hydra.sweeper.grace_period={config.hydra.sweeper.grace_period} s")
+            client.set_terminated(run.info.run_id, "KILLED")
+    return sum(state == "RUNNING" for state in states.values())
+
+

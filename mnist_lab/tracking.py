@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab.errors import LabError, TrackingError, TrialPruned
+from mnist_lab.errors import LabError, TrialPruned
 from mnist_lab.identity import flatten, run_name
 from mnist_lab.store import connect
 from mnist_lab.sweep_resume import job_tags
