@@ -81,3 +81,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def store(tmp_path: Path) -> str:
+    """The test's own MLflow store, never the project's mlruns/."""
+    return f"sqlite:///{tmp_path}/store/mlflow.db"
+
+
+def tracked(tiny_data: Path, tmp_path: Path, *extra: str) -> list[str]:
+    """tiny_overrides with tracking on, into the test's own store."""
+    return [*tiny_overrides(tiny_data), "tracking=local", f"tracking.uri={store(tmp_path)}", *extra]
+
+
+def runs_in(uri: str) -> list:
+    """Every run of the mnist-lab experiment in the store at `uri` (none if it has none)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("mnist-lab")
+    return [] if experiment is None else client.search_runs([experiment.experiment_id])

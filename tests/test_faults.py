@@ -10,26 +10,13 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from conftest import ROOT, compose_config, make_dataset, synthetic_digits, tiny_overrides, write_idx
+from conftest import (ROOT, compose_config, make_dataset, runs_in, store, synthetic_digits,
+                      tiny_overrides, tracked, write_idx)
 from mnist_lab import checkpoint, data, job
 from mnist_lab.checkpoint import CheckpointError, load_safely
 from mnist_lab.data import DataError
 from mnist_lab.schema import ConfigError
 from mnist_lab.train import DivergedError
-
-
-def store(tmp_path):
-    return f"sqlite:///{tmp_path}/store/mlflow.db"
-
-
-def runs_in(uri):
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("mnist-lab")
-    return [] if experiment is None else client.search_runs([experiment.experiment_id])
-
-
-def tracked(tiny_data, tmp_path, *extra):
-    return [*tiny_overrides(tiny_data), "tracking=local", f"tracking.uri={store(tmp_path)}", *extra]
 
 
 BAD_VALUES = ["optim.lr=0", "optim.lr=-1", "dropout.p=1", "dropout.p=-0.5", "train.batch_size=0",

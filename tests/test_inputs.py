@@ -10,20 +10,12 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import compose_config, run_lab, tiny_overrides
+from conftest import compose_config, run_lab, store, tiny_overrides, tracked
 from mnist_lab import checkpoint, job
 from mnist_lab import store as store_module
 from mnist_lab.cli import main
 from mnist_lab.errors import CheckpointError, DataError, DivergedError, TrackingError
 from mnist_lab.preflight import first_problem
-
-
-def store(tmp_path):
-    return f"sqlite:///{tmp_path}/store/mlflow.db"
-
-
-def tracked(tiny_data, tmp_path, *extra):
-    return [*tiny_overrides(tiny_data), "tracking=local", f"tracking.uri={store(tmp_path)}", *extra]
 
 
 # --- values that compose but can't run (validate) ---------------------------------------------

@@ -7,24 +7,15 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, compose_config, tiny_overrides
+from conftest import ROOT, compose_config, runs_in, store
+from conftest import tracked as tracked_in_store
 from mnist_lab import job, tracking
 from mnist_lab.data import DataError
 
 
-def store(tmp_path):
-    return f"sqlite:///{tmp_path}/store/mlflow.db"
-
-
-def runs_in(uri):
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("mnist-lab")
-    return [] if experiment is None else client.search_runs([experiment.experiment_id])
-
-
 def tracked(tiny_data, tmp_path, *extra):
-    return [*tiny_overrides(tiny_data), "tracking=local", f"tracking.uri={store(tmp_path)}",
-            "tracking.log_model=false", "plots=false", *extra]
+    """conftest's tracked, without the model export and figures these tests don't read."""
+    return tracked_in_store(tiny_data, tmp_path, "tracking.log_model=false", "plots=false", *extra)
 
 
 @pytest.mark.slow
