@@ -19,7 +19,7 @@ from mnist_lab.data import load_mnist
 from mnist_lab.evaluate import evaluate
 from mnist_lab.stats import PREDICTIONS, read_predictions
 from mnist_lab.identity import run_name
-from mnist_lab.tracking import TrackingError
+from mnist_lab.errors import TrackingError
 
 EPOCH_METRICS = {"train/loss", "val/loss", "val/acc", "lr", "epoch_seconds", "samples_per_second"}
 FINAL_METRICS = {"test/loss", "test/acc", "best/epoch", "best/val_loss",
