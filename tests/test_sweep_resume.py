@@ -16,7 +16,7 @@ from mnist_lab import sweep_resume
 
 EPOCHS = 3
 CURVES = ("train/loss", "val/loss", "val/acc")
-FINAL = ("test/acc", "test/loss", "best/val_loss", "best_epoch")
+FINAL = ("test/acc", "test/loss", "best/val_loss", "best/epoch")
 
 
 def grid(data: Path, store: Path, *extra: str) -> list[str]:
