@@ -65,11 +65,16 @@ def sweep_key(config: DictConfig) -> str:
     experiment, its search space, and what its composed config computes."""
     from hydra.core.hydra_config import HydraConfig
 
-    HydraConfig.instance().set_config(config)  # `${hydra:runtime.choices.*}` resolve from it
-    jobs = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-    parts = [list(identity_overrides(config.hydra.overrides.task).items()),
-             config.hydra.runtime.choices.get("experiment"), search_space(config),
-             config_key(jobs)]
+    hydra = HydraConfig.instance()
+    previous = hydra.cfg  # restored after: the key is computed, no global is changed
+    hydra.set_config(config)  # `${hydra:runtime.choices.*}` resolve from it
+    try:
+        jobs = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        parts = [list(identity_overrides(config.hydra.overrides.task).items()),
+                 config.hydra.runtime.choices.get("experiment"), search_space(config),
+                 config_key(jobs)]
+    finally:
+        hydra.cfg = previous
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
