@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from mnist_lab.errors import DivergedError, LabError, TrackingError, TrialPruned
-from mnist_lab.schema import validate
+from mnist_lab.limits import validate
 
 WORST_OBJECTIVE = math.inf  # what a sweeper sees for a failed job (the objective is minimised)
 

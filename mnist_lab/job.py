@@ -15,11 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_lab import checkpoint, stats, store, tracking
 from mnist_lab.checkpoint import TrainingState, save_every_epoch
 from mnist_lab.data import load_mnist, split_seed
+from mnist_lab.errors import ConfigError
 from mnist_lab.evaluate import evaluate, report
 from mnist_lab.identity import config_key, run_name
+from mnist_lab.limits import validate
 from mnist_lab.models import build_model, count_parameters
 from mnist_lab.pruning import trial_hook
-from mnist_lab.schema import ConfigError, validate
 from mnist_lab.stopping import stop_signals
 from mnist_lab.train import Recipe, fit, print_epoch
 

@@ -16,7 +16,6 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
-from mnist_lab.errors import ConfigError  # noqa: F401  (callers import it from here)
 from mnist_lab.identity import GROUPS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -285,6 +284,3 @@ def register() -> None:
 
 register()
 
-
-# --- value checks: their home is mnist_lab/limits.py; imported here, where callers look first --
-from mnist_lab.limits import peek_count, validate  # noqa: E402, F401

@@ -37,11 +37,6 @@ def wants_resume(cfg: DictConfig) -> bool:
     return cfg.resume not in (False, "false")
 
 
-def as_given(cfg: DictConfig) -> str:
-    """`resume=...` as the command line wrote it."""
-    return f"resume={str(cfg.resume).lower() if isinstance(cfg.resume, bool) else cfg.resume}"
-
-
 def named_parent(cfg: DictConfig) -> str | None:
     """The parent run id `resume=` names, or None for `resume=true`."""
     return None if cfg.resume in (True, "true") else str(cfg.resume)

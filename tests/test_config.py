@@ -1,7 +1,6 @@
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
-from omegaconf.errors import ValidationError
 
 from omegaconf import OmegaConf
 
@@ -10,7 +9,8 @@ from mnist_lab.identity import flatten
 from mnist_lab.preflight import first_problem
 from mnist_lab.job import build_optimizer
 from mnist_lab.models import build_model
-from mnist_lab.schema import ConfigError, validate
+from mnist_lab.errors import ConfigError
+from mnist_lab.limits import validate
 
 GROUPS = {
     "model": ["ffnn", "cnn", "cnn_bn"],

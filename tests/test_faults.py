@@ -15,7 +15,7 @@ from conftest import (ROOT, compose_config, make_dataset, runs_in, store, synthe
 from mnist_lab import checkpoint, data, job
 from mnist_lab.checkpoint import CheckpointError, load_safely
 from mnist_lab.data import DataError
-from mnist_lab.schema import ConfigError
+from mnist_lab.errors import ConfigError
 from mnist_lab.train import DivergedError
 
 
