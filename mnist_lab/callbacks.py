@@ -99,6 +99,8 @@ class MlflowSweepCallback(Callback):
         try:
             running = settle_study(config, client, self.parent_id) if is_optuna_sweep(config) else 0
             failed = summarise(client, self.parent_id)
+            if not config.tracking.log_model:
+                log_best_model(client, self.parent_id, config.tracking)
             status = "FINISHED" if not running else None  # the study's last process ends it
         except (KeyboardInterrupt, SystemExit):
             status = "KILLED"
@@ -113,6 +115,21 @@ class MlflowSweepCallback(Callback):
             print(f"{failed} job{'s' if failed > 1 else ''} of this sweep failed; each run's "
                   "`error` tag says why", file=sys.stderr)
             sys.exit(1)
+
+
+def log_best_model(client, parent_id: str, tracking: DictConfig) -> None:
+    """The sweep's best run gets its `mlflow.pytorch` model now, once per sweep instead of an
+    export per run; a failure is reported, the sweep's record stands without it."""
+    from mnist_lab.registry import logged_model_id
+    from mnist_lab.store import resolve_uri
+
+    best = client.get_run(parent_id).data.tags.get("best_run_id")
+    if best:
+        try:
+            logged_model_id(client, best, resolve_uri(tracking))
+        except Exception as err:
+            print(f"logging the best run's model failed ({err.__class__.__name__}: {err}); "
+                  f"mnist-lab register --run {best} logs it", file=sys.stderr)
 
 
 def refuse(err: ConfigError) -> None:

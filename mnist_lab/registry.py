@@ -40,6 +40,18 @@ def log_pytorch_model(model, run_id: str) -> None:
 
 
 
+def logged_model_id(client, run_id: str, uri: str | None) -> str:
+    """The id of the run's `mlflow.pytorch` model, logged now from its config.yaml and best.pth
+    if the run has none (tracking.log_model=false, the default: the export costs seconds a
+    run). The run keeps its status and end time: MLflow's logging reopens it for a moment."""
+    run = client.get_run(run_id)
+    if not run.outputs.model_outputs:
+        log_pytorch_model(model_from_run(run_id, uri)[0], run_id)
+        client.set_terminated(run_id, run.info.status, end_time=run.info.end_time)
+        run = client.get_run(run_id)
+    return run.outputs.model_outputs[0].model_id
+
+
 class ModelSourceError(RuntimeError):
     """The requested model can't be found or loaded; the message says which and why."""
 
@@ -143,13 +155,14 @@ def register(args: argparse.Namespace) -> int:
             return 2
         run_id = best
     try:
-        outputs = client.get_run(run_id).outputs.model_outputs
+        client.get_run(run_id)
     except Exception as err:
         print(f"error: run {run_id} is not in this store ({err})", file=sys.stderr)
         return 2
-    if not outputs:
-        print(f"error: run {run_id} logged no model (it ran with tracking.log_model=false)",
-              file=sys.stderr)
+    try:
+        model_id = logged_model_id(client, run_id, args.uri)
+    except ModelSourceError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     try:
         client.create_registered_model(args.name)
@@ -157,7 +170,6 @@ def register(args: argparse.Namespace) -> int:
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     # the logged model itself (models:/m-...), linked to its run; MLflow 3 has no runs:/ID/model
-    model_id = outputs[0].model_id
     version = client.create_model_version(args.name, f"models:/{model_id}", run_id=run_id,
                                           model_id=model_id)
     print(f"registered run {run_id} as models:/{args.name}/{version.version}")

@@ -134,7 +134,8 @@ class TrackingConf:
     enabled: bool = True
     uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite under <project>/mlruns
     experiment: str = "mnist-lab"
-    log_model: bool = True  # also log an mlflow.pytorch model beside best.pth
+    log_model: bool = False  # true: every run logs an mlflow.pytorch model (seconds each);
+    # false: the sweep's best run at its end, and any run on `mnist-lab register`
 
 
 @dataclass

@@ -236,7 +236,11 @@ def test_evaluate_reproduces_the_logged_accuracy(trained_run, capsys):
 
 def test_register_then_load_by_name(trained_run):
     uri, run, _ = trained_run
+    assert not run.outputs.model_outputs  # tracking.log_model=false: no export at the run's end
     assert main(["register", "--run", run.info.run_id, "--name", "mnist-test", "--uri", uri]) == 0
+    after = mlflow.MlflowClient(uri).get_run(run.info.run_id)  # the export, made on demand
+    assert after.outputs.model_outputs
+    assert (after.info.status, after.info.end_time) == (run.info.status, run.info.end_time)
     mlflow.set_tracking_uri(uri)
     model = mlflow.pytorch.load_model("models:/mnist-test/latest")
     x = torch.rand(5, 1, 28, 28)
