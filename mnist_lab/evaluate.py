@@ -20,6 +20,7 @@ class EvalResult:
     confusion: torch.Tensor  # (classes, classes) counts, rows = true label
     predictions: torch.Tensor  # (N,) predicted class
     confidence: torch.Tensor  # (N,) softmax probability of the predicted class
+    seconds: float = 0.0  # the pass's wall time, where a caller measured it
 
     @property
     def class_total(self) -> torch.Tensor:

@@ -136,9 +136,11 @@ class MlflowRun(NoTracking):
     def catch_up(self, history: dict[str, list[float]]) -> None:
         """Log the epochs the checkpoint has and the store lacks (a kill between the two)."""
         logged = {m.step for m in self.client.get_metric_history(self.run_id, "val/loss")}
-        for epoch in range(1, len(history["val/loss"]) + 1):
+        epochs = len(history["val/loss"])
+        whole = {k: v for k, v in history.items() if len(v) == epochs}  # not a newer metric
+        for epoch in range(1, epochs + 1):
             if epoch not in logged:
-                self.log_metrics({k: v[epoch - 1] for k, v in history.items()}, step=epoch)
+                self.log_metrics({k: v[epoch - 1] for k, v in whole.items()}, step=epoch)
 
     def log_epoch(self, state, metrics: dict[str, float]) -> None:
         self.log_metrics(metrics, step=state.epoch)
@@ -156,7 +158,7 @@ class MlflowRun(NoTracking):
                               tags=[RunTag(*heartbeat().popitem())])  # same write, no cost
 
     def finish(self, model, state, test, out: Path) -> None:
-        metrics = {"test/loss": test.loss, "test/acc": test.accuracy,
+        metrics = {"test/loss": test.loss, "test/acc": test.accuracy, "test_seconds": test.seconds,
                    "best/epoch": state.best_epoch, "best/val_loss": state.best_val_loss}
         metrics.update({f"test/acc_class_{d}": a for d, a in enumerate(test.class_accuracy.tolist())})
         self.log_metrics(metrics)

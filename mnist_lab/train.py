@@ -104,7 +104,8 @@ def fit(state: TrainingState, data: MNIST, recipe: Recipe,
     loss (ties: the later epoch).
 
     After each epoch every callback, in order, sees the state and the epoch's `train/loss`,
-    `val/loss`, `val/acc`, `lr`, `epoch_seconds` and `samples_per_second`: the job's callbacks
+    `val/loss`, `val/acc`, `lr`, `epoch_seconds` (the training steps), `samples_per_second` and
+    `val_seconds` (the validation pass): the job's callbacks
     checkpoint, log to MLflow, print the epoch's line, honour stop signals and report to a
     pruner. A callback stops
     training by raising. A restored state continues as an uninterrupted run would.
@@ -120,7 +121,8 @@ def fit(state: TrainingState, data: MNIST, recipe: Recipe,
         val = evaluate(model, data.val_images, data.val_labels, recipe.eval_batch_size)
         metrics = {"train/loss": train_loss, "val/loss": val.loss, "val/acc": val.accuracy,
                    "lr": lr, "epoch_seconds": seconds,
-                   "samples_per_second": len(data.train_images) / seconds}
+                   "samples_per_second": len(data.train_images) / seconds,
+                   "val_seconds": time.perf_counter() - start - seconds}
         for key, value in metrics.items():
             state.history.setdefault(key, []).append(value)
         if val.loss <= state.best_val_loss:

@@ -21,8 +21,9 @@ from mnist_lab.stats import PREDICTIONS, read_predictions
 from mnist_lab.identity import run_name
 from mnist_lab.errors import TrackingError
 
-EPOCH_METRICS = {"train/loss", "val/loss", "val/acc", "lr", "epoch_seconds", "samples_per_second"}
-FINAL_METRICS = {"test/loss", "test/acc", "best/epoch", "best/val_loss",
+EPOCH_METRICS = {"train/loss", "val/loss", "val/acc", "lr", "epoch_seconds", "samples_per_second",
+                 "val_seconds"}
+FINAL_METRICS = {"test/loss", "test/acc", "test_seconds", "best/epoch", "best/val_loss",
                  *(f"test/acc_class_{d}" for d in range(10))}
 ARTIFACTS = {"config.yaml", "best.pth", "per_class.csv", "per_class.md", "report.txt",
              "loss_curves.png", "class_accuracy.png", "confusion_matrix.png",
@@ -42,7 +43,8 @@ def only_run(uri):
 
 def test_a_run_is_fully_recorded(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
-    cfg = compose_config([*store_overrides(tiny_data, tmp_path), "model=cnn", "train.epochs=3"])
+    cfg = compose_config([*store_overrides(tiny_data, tmp_path), "model=cnn", "train.epochs=3",
+                          "tracking.log_model=true"])  # the export at the run's end, eagerly
     job.run(cfg)
     uri = cfg.tracking.uri
     client, runs = only_run(uri)
@@ -153,6 +155,12 @@ def test_a_sweep_nests_its_runs_under_one_parent_with_a_summary(tiny_data, tmp_p
     assert f"mnist-lab compare --parent {parent.info.run_id}" in result.stdout
     assert parent.data.metrics["best/epoch"] == best.data.metrics["best/epoch"]
     assert parent.data.metrics["best/test_acc"] == best.data.metrics["test/acc"]
+    # one model export per sweep: its best run's, at the end, its status and end time kept
+    other = next(c for c in children if c is not best)
+    assert not other.outputs.model_outputs
+    exported = client.get_run(best.info.run_id)
+    assert exported.outputs.model_outputs
+    assert (exported.info.status, exported.info.end_time) == (best.info.status, best.info.end_time)
     # the swept value comes first in a child's name; the params are the user's knobs only
     assert sorted(c.info.run_name.split("-p0.2-")[0] for c in children) == ["cnn-adam-lr0.001",
                                                                            "ffnn-adam-lr0.001"]
