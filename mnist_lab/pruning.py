@@ -20,16 +20,17 @@ OBJECTIVE = "val/loss"  # what each epoch reports; run.py's objective is its bes
 
 class ReportToTrial:
     """After each epoch: report the validation loss to the trial, raise TrialPruned if its
-    pruner says the trial is not worth finishing."""
+    pruner says the trial is not worth finishing. After the last epoch there is nothing left
+    to save, so the trial completes (and is tested) whatever the pruner would say."""
 
-    def __init__(self, trial):
-        self.trial = trial
+    def __init__(self, trial, epochs: int):
+        self.trial, self.epochs = trial, epochs
         self.tags = {"optuna.study": trial.study.study_name, "optuna.trial": str(trial.number)}
 
     def __call__(self, state, metrics: dict[str, float]) -> None:
         """Epoch callback (see train.fit)."""
         self.trial.report(metrics[OBJECTIVE], state.epoch)
-        if self.trial.should_prune():
+        if state.epoch < self.epochs and self.trial.should_prune():
             raise TrialPruned(state.epoch)
 
 
@@ -52,4 +53,4 @@ def trial_hook(cfg: DictConfig) -> ReportToTrial | None:
                               pruner=instantiate(hydra.sweeper.pruner))
     trial_id = storage.get_trial_id_from_study_id_trial_number(
         storage.get_study_id_from_name(name), int(number))
-    return ReportToTrial(optuna.trial.Trial(study, trial_id))
+    return ReportToTrial(optuna.trial.Trial(study, trial_id), cfg.train.epochs)

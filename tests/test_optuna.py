@@ -48,7 +48,7 @@ def test_the_pruning_callback_reports_each_epoch_and_stops_when_told():
     # prune any trial whose value is above 1.0 from epoch 2 on
     pruner = optuna.pruners.ThresholdPruner(upper=1.0, n_warmup_steps=2)
     study = optuna.create_study(pruner=pruner)
-    hook = ReportToTrial(study.ask())
+    hook = ReportToTrial(study.ask(), epochs=4)
     hook(SimpleNamespace(epoch=1), {"val/loss": 2.0})  # warm-up: reported, not pruned
     hook(SimpleNamespace(epoch=2), {"val/loss": 0.5})
     with pytest.raises(TrialPruned) as stopped:
@@ -56,6 +56,11 @@ def test_the_pruning_callback_reports_each_epoch_and_stops_when_told():
     assert stopped.value.epoch == 3
     assert study.trials[0].intermediate_values == {1: 2.0, 2: 0.5, 3: 1.5}
     assert hook.tags == {"optuna.study": study.study_name, "optuna.trial": "0"}
+    # the last epoch is reported and never pruned: the whole trial is trained by then
+    last = ReportToTrial(study.ask(), epochs=3)
+    for epoch, loss in ((1, 2.0), (2, 0.5), (3, 1.5)):  # 1.5 at epoch 3 pruned the first
+        last(SimpleNamespace(epoch=epoch), {"val/loss": loss})
+    assert study.trials[1].intermediate_values == {1: 2.0, 2: 0.5, 3: 1.5}
     # it travels back from joblib and submitit workers inside the JobReturn
     assert pickle.loads(pickle.dumps(stopped.value)).epoch == 3
 
@@ -101,7 +106,8 @@ def test_pruning_stops_bad_trials_and_mlflow_agrees_with_optuna(tiny_data, tmp_p
     result = subprocess.run(
         optuna_sweep(tiny_data, tmp_path, "train.epochs=3", "hydra.sweeper.n_trials=6",
                      "optim.lr=tag(log, interval(1e-3, 10.0))", "hydra/sweeper/sampler=random",
-                     "hydra.sweeper.pruner.n_startup_trials=1", "train.divergence_loss=1e30"),
+                     "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
+                     "train.divergence_loss=1e30"),
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     study, client, parents, runs = load(tmp_path)  # the default storage: beside mlflow.db
