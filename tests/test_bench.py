@@ -32,15 +32,28 @@ def test_quick_benchmark_writes_its_figures(tmp_path):
     assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
     figures = json.loads((tmp_path / "bench.json").read_text())
     for key in ("data_load_seconds", "peak_gflops", "ffnn_bs20", "cnn_bs512", "ffnn_epoch",
-                "cnn_epoch", "tracking", "startup", "speedrun"):
+                "cnn_epoch", "tracking", "study", "sweep", "startup", "speedrun"):
         assert key in figures, key
     assert figures["machine"]["device"] == "cpu" and figures["machine"]["quick"]
     # figures are measured, not asserted: each is a positive finite number of the promised kind
+    study = figures["study"]
     timings = [figures["data_load_seconds"], figures["cnn_epoch"]["lab_seconds"],
-               figures["cnn_epoch"]["notebook_seconds"], figures["tracking"]["short"]["on_seconds"],
-               figures["tracking"]["short"]["off_seconds"], figures["speedrun"]["mean_seconds"]]
+               figures["cnn_epoch"]["notebook_seconds"], figures["tracking"]["on_seconds"],
+               figures["tracking"]["off_seconds"], figures["tracking"]["eager_export_seconds"],
+               figures["speedrun"]["mean_seconds"], figures["sweep"]["wall_seconds"],
+               *(study[p]["measured"][e] for p in ("notebook", "lab") for e in ("1", "2"))]
     assert all(0 < t < 3600 for t in timings), timings
+    # the sweep's time inside training is read from its runs' metrics: some, and not all of it
+    assert figures["sweep"]["runs"] == 2 and 0 < figures["sweep"]["fraction"] < 1
+    assert [t["target"][0] for t in figures["targets"]] == ["1", "2", "3", "4", "5"]
     assert 0 < figures["ffnn_bs20"]["share_of_peak"] and figures["peak_gflops"] > 0
     assert 0.5 < figures["speedrun"]["mean_test_acc"] <= 1  # a real training run, not a stub
     table = (tmp_path / "bench.md").read_text()
     assert "| measurement | result |" in table and "speedrun, 1 seed(s)" in table
+
+
+def test_a_study_timed_at_two_lengths_is_scaled_as_fixed_plus_per_epoch_cost():
+    # 10 s for 1 epoch and 14 s for 2: 4 s an epoch on top of 6 s fixed, 86 s for 20 epochs
+    fit = bench_module()["fitted"]({2: 14.0, 1: 10.0})
+    assert (fit["fixed_seconds"], fit["epoch_seconds"]) == (6.0, 4.0)
+    assert fit["scaled_20_epochs_seconds"] == 86.0
