@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from conftest import ROOT, run_lab, tiny_overrides
+from conftest import ROOT, compose_config, run_lab, tiny_overrides
 from hydra_plugins.mnist_lab_optuna_sweeper import search_space
 from test_team_server import postgres  # noqa: F401  the PostgreSQL fixture
 
@@ -238,3 +238,16 @@ def test_dashboard_serves_the_study_storage(tmp_path):
     finally:
         board.terminate()
         board.wait(timeout=30)
+
+
+@pytest.mark.parametrize("pruner", ["none", "median", "percentile", "successive_halving",
+                                    "hyperband"])
+def test_optuna_cnn_takes_every_pruner(pruner):
+    from hydra.utils import instantiate
+
+    cfg = compose_config(["experiment=optuna_cnn", f"hydra/sweeper/pruner={pruner}"],
+                         return_hydra_config=True)
+    built = instantiate(cfg.hydra.sweeper.pruner)
+    assert isinstance(built, optuna.pruners.BasePruner)
+    if pruner == "successive_halving":  # the experiment's default, as measured in the README
+        assert (built._min_resource, built._reduction_factor) == (1, 3)
