@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never opens a window
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
@@ -89,18 +90,26 @@ def confusion(test: EvalResult, path: Path, title: str) -> Path:
 def digit_grid(images: torch.Tensor, labels: torch.Tensor, predictions: torch.Tensor,
                path: Path, title: str, extra: list[str] | None = None) -> Path:
     """Images captioned `predicted (true)`, blue when right and red when wrong, as in the
-    notebook; `extra` adds a second caption line."""
+    notebook; `extra` adds a second caption line. One tiled image in one axes: twenty axes
+    of their own cost a second per figure, a tenth of a short run."""
     count = len(images)
     columns = min(10, max(count, 1))
     rows = max(1, -(-count // columns))
-    fig = plt.figure(figsize=(columns * 1.2, rows * (1.75 if extra else 1.5) + 0.7),
-                     layout="constrained")
+    cell, caption = 28 + 4, 13 if extra else 9  # pixels: the digit and a gap; caption room
+    height = cell + caption
+    tiles = np.full((rows * height, columns * cell), np.nan)
     for i in range(count):
-        ax = fig.add_subplot(rows, columns, i + 1, xticks=[], yticks=[])
-        ax.imshow(images[i].cpu().numpy(), cmap="gray")
+        top, left = (i // columns) * height + caption, (i % columns) * cell + 2
+        tiles[top:top + 28, left:left + 28] = images[i].cpu().numpy()
+    fig = plt.figure(figsize=(columns * 1.2, rows * (1.75 if extra else 1.5) + 0.7))
+    ax = fig.add_axes((0.01, 0.01, 0.98, 1 - 0.7 / fig.get_figheight()), xticks=[], yticks=[])
+    ax.imshow(tiles, cmap="gray", interpolation="nearest")
+    ax.axis("off")
+    for i in range(count):
         right = int(predictions[i]) == int(labels[i])
-        caption = f"{int(predictions[i])} ({int(labels[i])})" + (f"\n{extra[i]}" if extra else "")
-        ax.set_title(caption, color="blue" if right else "red", fontsize=10)
+        text = f"{int(predictions[i])} ({int(labels[i])})" + (f"\n{extra[i]}" if extra else "")
+        ax.text((i % columns) * cell + cell / 2, (i // columns) * height + caption - 1.5, text,
+                ha="center", va="bottom", color="blue" if right else "red", fontsize=10)
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
