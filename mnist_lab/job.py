@@ -190,7 +190,7 @@ def run(cfg: DictConfig) -> float:
               f"{len(data.test_images):,} test images, device {device}", flush=True)
 
         state.identity = {"run_id": run_tracker.run_id, "config_key": config_key(cfg),
-                          "overrides": " ".join(run_tracker.overrides)}
+                          "overrides": " ".join(tracking.hydra_context()[0])}
         # after each epoch, in this order: a kill between two steps loses nothing that resume
         # (which catches the store up from the checkpoint) cannot restore
         callbacks = [save_every_epoch(last)] if last else []
@@ -212,7 +212,7 @@ def run(cfg: DictConfig) -> float:
     return state.best_val_loss
 
 
-def where_to_look(cfg: DictConfig, out: Path, run_tracker: tracking.NoTracking) -> str:
+def where_to_look(cfg: DictConfig, out: Path, run_tracker: tracking.Tracker) -> str:
     """The closing lines of a run: its files, its MLflow page and the comparison command."""
     shown = os.path.relpath(out) if out.is_relative_to(Path.cwd()) else str(out)
     lines = [f"files: {shown}/ (report.txt, figures, best.pth, config.yaml)"]

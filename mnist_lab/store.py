@@ -73,7 +73,9 @@ def store_lock(uri: str):
 
 
 def connect(tracking: DictConfig):
-    """A client on a checked store and the experiment's id; raises TrackingError fast."""
+    """A client on a checked store and the experiment's id; raises TrackingError fast. It also
+    sets MLflow's global tracking URI, which the fluent calls read (the model export's
+    `start_run(run_id=...)`, `mlflow.pytorch.load_model` of a `models:/` URI)."""
     import mlflow
     from mlflow import MlflowClient
 
