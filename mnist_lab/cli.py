@@ -1,4 +1,4 @@
-"""Entry points: `train` behind run.py, and the `mnist-lab` console script's subcommands."""
+"""Entry points: `run_job` behind run.py, and the `mnist-lab` console script's subcommands."""
 
 from __future__ import annotations
 
@@ -25,10 +25,11 @@ def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def train(cfg: DictConfig) -> float:
-    """run.py's body. Known input errors end a single run with one line and exit status 2; in a
-    sweep, a failed job is recorded FAILED, reported and scored as the worst objective so the
-    others go on. A stop signal ends a single run, or a whole sweep, with 130 or 143."""
+def run_job(cfg: DictConfig) -> float:
+    """run.py's body: `job.run`, with its failures turned into what the user sees. Known input
+    errors end a single run with one line and exit status 2; in a sweep, a failed job is
+    recorded FAILED, reported and scored as the worst objective so the others go on. A stop
+    signal ends a single run, or a whole sweep, with 130 or 143."""
     from mnist_lab import stopping
 
     if is_multirun():

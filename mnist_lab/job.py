@@ -22,7 +22,7 @@ from mnist_lab.limits import validate
 from mnist_lab.models import build_model, count_parameters
 from mnist_lab.pruning import trial_hook
 from mnist_lab.stopping import stop_signals
-from mnist_lab.train import Recipe, fit, print_epoch
+from mnist_lab.loop import Recipe, fit, print_epoch
 
 
 def pick_device(name: str) -> torch.device:

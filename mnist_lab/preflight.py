@@ -6,7 +6,7 @@ folder before the task function could refuse a bad value. `check_command_line` c
 same config first, with Hydra's compose API, and validates it: a problem is one line on stderr,
 exit status 2, and nothing is created. A sweep is composed job by job, as the basic sweeper
 expands it: refused if a job does not compose (Hydra would stop halfway) or if no job passes
-`validate`; when only some do, it runs and the others are recorded FAILED (cli.train).
+`validate`; when only some do, it runs and the others are recorded FAILED (cli.run_job).
 """
 
 from __future__ import annotations

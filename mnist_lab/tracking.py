@@ -206,7 +206,7 @@ class MlflowRun:
             self.closed = True
             return False
         if self.run_id is None and issubclass(exc_type, (LabError, KeyboardInterrupt)):
-            return False  # refused before the run exists: no run (a sweep's job: cli.train)
+            return False  # refused before the run exists: no run (a sweep's job: cli.run_job)
         self.record_failure(exc)
         return False
 

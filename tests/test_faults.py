@@ -15,8 +15,7 @@ from conftest import (ROOT, compose_config, make_dataset, runs_in, store, synthe
 from mnist_lab import checkpoint, data, job
 from mnist_lab.checkpoint import CheckpointError, load_safely
 from mnist_lab.data import DataError
-from mnist_lab.errors import ConfigError
-from mnist_lab.train import DivergedError
+from mnist_lab.errors import ConfigError, DivergedError
 
 
 BAD_VALUES = ["optim.lr=0", "optim.lr=-1", "dropout.p=1", "dropout.p=-0.5", "train.batch_size=0",

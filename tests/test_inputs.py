@@ -104,7 +104,7 @@ def test_a_finite_exploding_loss_is_divergence_and_fails_the_run(tiny_data, tmp_
 
 def test_a_non_finite_loss_is_divergence_too(tiny_data):
     from mnist_lab.data import load_mnist
-    from mnist_lab.train import Recipe, train_epoch
+    from mnist_lab.loop import Recipe, train_epoch
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
     torch.nn.init.constant_(model[1].weight, float("nan"))

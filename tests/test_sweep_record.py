@@ -52,7 +52,7 @@ def test_an_error_before_the_run_starts_is_recorded_once(tiny_data, tmp_path):
     (run,) = runs_in(store(tmp_path))
     assert run.info.status == "FAILED" and "broken optimizer" in run.data.tags["error"]
     assert run.data.params["optim.lr"] == "0.001"  # the config it failed with
-    # bad input before the run exists is refused, not recorded (a sweep records it: cli.train)
+    # bad input before the run exists is refused, not recorded (a sweep records it: cli.run_job)
     with pytest.raises(DataError):
         with tracking.open_run(cfg):
             raise DataError("missing file")

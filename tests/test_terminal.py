@@ -11,7 +11,7 @@ from mnist_lab.checkpoint import TrainingState
 from mnist_lab.compare import format_table, row_for
 from mnist_lab.data import load_mnist
 from mnist_lab.tables import write_table
-from mnist_lab.train import Recipe, fit
+from mnist_lab.loop import Recipe, fit
 
 
 def test_a_run_ends_saying_where_its_files_and_mlflow_page_are(tiny_data, tmp_path):

@@ -8,7 +8,7 @@ from mnist_lab import job
 from mnist_lab.data import load_mnist
 from mnist_lab.evaluate import evaluate
 from mnist_lab.checkpoint import TrainingState, load_safely, save_every_epoch
-from mnist_lab.train import Recipe, fit
+from mnist_lab.loop import Recipe, fit
 
 
 def test_training_on_fixture_data_lowers_the_loss_and_learns(tiny_data):
@@ -41,7 +41,7 @@ def test_validation_ties_go_to_the_later_epoch(tiny_data, monkeypatch):
     model = job.build_model(cfg)
     optimizer, _ = job.build_optimizer(cfg, model, 16)
     fixed = evaluate(model, data.val_images, data.val_labels)
-    monkeypatch.setattr("mnist_lab.train.evaluate", lambda *a, **k: fixed)
+    monkeypatch.setattr("mnist_lab.loop.evaluate", lambda *a, **k: fixed)
     result = fit(TrainingState.fresh(model, optimizer, None, 0), data,
                  Recipe(epochs=3, batch_size=64))
     assert result.best_epoch == 3
