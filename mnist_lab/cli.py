@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import shutil
 import sys
 from contextlib import contextmanager, redirect_stdout, suppress
@@ -128,9 +129,14 @@ def resume_hint(cfg: DictConfig) -> str:
 
     if not cfg.checkpoint.enabled:
         return "checkpoint.enabled=false, so there is nothing to resume"
-    overrides = [o for o in hydra_context()[0] if not o.startswith("resume=")]
-    return ("the last complete epoch is kept; continue with\n  python run.py "
-            + " ".join([*overrides, "resume=true"]))
+    return f"the last complete epoch is kept; continue with\n  {resume_command(hydra_context()[0])}"
+
+
+def resume_command(overrides: list[str], sweep: bool = False) -> str:
+    """The command that continues a stopped run (or sweep) given these overrides, `resume=true`
+    in place of any `resume=`, quoted for the shell: a value with a space survives the paste."""
+    kept = [o for o in overrides if o.partition("=")[0].lstrip("+~") != "resume"]
+    return shlex.join(["python", "run.py", *(["-m"] if sweep else []), *kept, "resume=true"])
 
 
 def rerun(args: argparse.Namespace) -> int:

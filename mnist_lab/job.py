@@ -219,6 +219,5 @@ def where_to_look(cfg: DictConfig, out: Path, run_tracker: tracking.Tracker) -> 
     if run_tracker.run_id:
         page = f"experiments/{run_tracker.experiment_id}/runs/{run_tracker.run_id}"
         lines += [f"MLflow: {store.ui_url(cfg.tracking, page)}",
-                  "compare with the other runs: mnist-lab compare"
-                  + (f" --uri {cfg.tracking.uri}" if cfg.tracking.uri else "")]
+                  f"compare with the other runs: mnist-lab compare{store.uri_option(cfg.tracking)}"]
     return "\n".join(lines)
