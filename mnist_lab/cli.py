@@ -140,8 +140,10 @@ def resume_command(overrides: list[str], sweep: bool = False) -> str:
 
 
 def rerun(args: argparse.Namespace) -> int:
-    """Repeat a logged run from the resolved config.yaml it recorded, as a new MLflow run."""
+    """Repeat a logged run from the resolved config.yaml it recorded, as a new MLflow run whose
+    files go where run.py's would (not into the folder the recorded `output_dir` names)."""
     from mnist_lab.job import run
+    from mnist_lab.preflight import compose_job
     from mnist_lab.store import client_for
     from mnist_lab.tracking import load_logged_config
 
@@ -155,6 +157,7 @@ def rerun(args: argparse.Namespace) -> int:
         return 2
     cfg = load_logged_config(path)
     cfg.resume = False
+    cfg.output_dir = compose_job([]).output_dir  # a new outputs/DATE/TIME, as run.py would make
     if args.uri:
         cfg.tracking.uri = args.uri
     print(f"repeating {original.info.run_name} ({args.run_id}) from its recorded config")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import os
 import random
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,7 +17,7 @@ from mnist_lab.data import load_mnist, split_seed
 from mnist_lab.errors import ConfigError
 from mnist_lab.evaluate import evaluate, report
 from mnist_lab.identity import config_key, run_name
-from mnist_lab.limits import validate
+from mnist_lab.limits import fail, validate
 from mnist_lab.models import build_model, count_parameters
 from mnist_lab.pruning import trial_hook
 from mnist_lab.stopping import stop_signals
@@ -69,20 +68,20 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, steps_per_epoch: in
                                   **{k: v for k, v in runtime.items() if k in takes})
 
 
-def output_dir() -> Path:
-    """Hydra's run folder for this job, or a fresh temporary one when called outside Hydra."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path(tempfile.mkdtemp(prefix="mnist-lab-"))
+def output_folder(cfg: DictConfig) -> Path:
+    """`output_dir`, made now: a folder that cannot be made stops the run before training."""
+    out = Path(cfg.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        fail("output_dir", cfg.output_dir, f"a folder this run can make ({err.strerror or err})")
+    return out
 
 
 def write_outputs(out: Path, cfg: DictConfig, state: TrainingState, test, data) -> None:
     """Everything a run leaves behind, in its output folder (MLflow logs the folder as is)."""
     from mnist_lab.tables import write_table
 
-    out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     checkpoint.save_atomic(state.best_state, out / "best.pth")  # never a half-written file
     rows = [{"class": d, "correct": c, "total": t, "accuracy": round(c / max(t, 1), 6)}
@@ -161,6 +160,7 @@ def run(cfg: DictConfig) -> float:
     # inputs before the store: opening MLflow takes seconds, a bad data file answers in one
     data = load_mnist(cfg.data.root, cfg.data.val_size, split_seed(cfg), cfg.data.limit,
                       cfg.data.download, cfg.data.verify)
+    out = output_folder(cfg)
     run_tracker = tracking.open_run(cfg)
     with run_tracker, stop_signals() as received:
         threads = job_threads(cfg)
@@ -205,7 +205,6 @@ def run(cfg: DictConfig) -> float:
         print(f"best epoch {state.best_epoch} of {cfg.train.epochs}: the lowest val/loss "
               f"({state.best_val_loss:.4f}; * marks each new lowest); its weights are tested")
         print(report(test, f"{cfg.choices.model} on the test set"), flush=True)
-        out = output_dir()
         write_outputs(out, cfg, state, test, data)
         run_tracker.finish(model, state, test, out)
     print(where_to_look(cfg, out, run_tracker), flush=True)

@@ -140,6 +140,7 @@ RULES: dict[str, Rule] = {
     "data.rotate_degrees": number(0, 180),
     "data.shift_pixels": number(0, 14),
     "checkpoint.dir": text(4096),
+    "output_dir": text(4096),
     **{f"choices.{group}": NAMED for group in GROUPS},
     "tracking.experiment": text(256),  # MLflow's SQL stores hold names of up to 256 characters
     "launcher.n_jobs": count(1, 1024),

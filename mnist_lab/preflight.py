@@ -49,6 +49,16 @@ def first_problem(argv: list[str]) -> str | None:
         return one_line(err)
 
 
+def compose_job(overrides: list[str], return_hydra_config: bool = False):
+    """The config `python run.py OVERRIDES` gives its job, composed without starting one (rerun,
+    tests); with `return_hydra_config`, as composed, its `hydra` node kept."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    return cfg if return_hydra_config else job_config(cfg)
+
+
 def problem_in(overrides: list[str], multirun: bool) -> str | None:
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser

@@ -59,10 +59,9 @@ def test_an_error_before_the_run_starts_is_recorded_once(tiny_data, tmp_path):
     assert len(runs_in(store(tmp_path))) == 1
 
 
-def test_resume_of_a_finished_run_says_so_and_leaves_it_alone(tiny_data, tmp_path, monkeypatch,
-                                                             capsys):
-    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
-    objective = job.run(compose_config(tracked(tiny_data, tmp_path)))
+def test_resume_of_a_finished_run_says_so_and_leaves_it_alone(tiny_data, tmp_path, capsys):
+    objective = job.run(compose_config(tracked(tiny_data, tmp_path,
+                                               f"output_dir={tmp_path / 'out'}")))
     (run,) = runs_in(store(tmp_path))
     again = job.run(compose_config(tracked(tiny_data, tmp_path, "resume=true")))
     assert again == objective

@@ -40,9 +40,9 @@ def only_run(uri):
     return client, runs
 
 
-def test_a_run_is_fully_recorded(tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
-    cfg = compose_config([*store_overrides(tiny_data, tmp_path), "model=cnn", "train.epochs=3"])
+def test_a_run_is_fully_recorded(tiny_data, tmp_path):
+    cfg = compose_config([*store_overrides(tiny_data, tmp_path), "model=cnn", "train.epochs=3",
+                          f"output_dir={tmp_path / 'out'}"])
     job.run(cfg)
     uri = cfg.tracking.uri
     client, runs = only_run(uri)
@@ -85,9 +85,9 @@ def test_a_run_is_fully_recorded(tiny_data, tmp_path, monkeypatch):
         assert torch.allclose(logged(x), model(x), atol=1e-5)
 
 
-def test_tracking_off_touches_no_store(tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
-    overrides = [*store_overrides(tiny_data, tmp_path), "tracking.enabled=false"]
+def test_tracking_off_touches_no_store(tiny_data, tmp_path):
+    overrides = [*store_overrides(tiny_data, tmp_path), "tracking.enabled=false",
+                 f"output_dir={tmp_path / 'out'}"]
     job.run(compose_config(overrides))
     assert not (tmp_path / "store").exists()
 
@@ -102,7 +102,7 @@ def test_unreachable_server_fails_fast_before_any_work(tiny_data, tmp_path):
     assert time.monotonic() - start < 60
     with pytest.raises(TrackingError, match="is not a URI"):
         job.run(compose_config([*tiny_overrides(tiny_data), "tracking=local",
-                                "tracking.uri=just-a-name"]))
+                                "tracking.uri=just-a-name", f"output_dir={tmp_path / 'out'}"]))
 
 
 def test_a_store_that_cannot_open_fails_before_training(tiny_data, tmp_path):
@@ -118,13 +118,12 @@ def test_a_store_that_cannot_open_fails_before_training(tiny_data, tmp_path):
 
 
 def test_a_failing_run_ends_failed_with_the_error(tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
 
     def explode(*args, **kwargs):
         raise RuntimeError("boom in training")
 
     monkeypatch.setattr(job, "fit", explode)
-    cfg = compose_config(store_overrides(tiny_data, tmp_path))
+    cfg = compose_config([*store_overrides(tiny_data, tmp_path), f"output_dir={tmp_path / 'out'}"])
     with pytest.raises(RuntimeError):
         job.run(cfg)
     _, runs = only_run(cfg.tracking.uri)

@@ -109,9 +109,9 @@ def test_step_and_epoch_schedulers_change_the_lr(tiny_data):
         assert check(result.history["lr"]), (sched, result.history["lr"])
 
 
-def test_run_returns_best_val_loss_and_writes_outputs(tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
-    objective = job.run(compose_config(tiny_overrides(tiny_data)))
+def test_run_returns_best_val_loss_and_writes_outputs(tiny_data, tmp_path):
+    objective = job.run(compose_config([*tiny_overrides(tiny_data),
+                                        f"output_dir={tmp_path / 'out'}"]))
     assert math.isfinite(objective) and objective > 0
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"config.yaml", "best.pth", "per_class.csv", "per_class.md", "report.txt",
@@ -121,11 +121,11 @@ def test_run_returns_best_val_loss_and_writes_outputs(tiny_data, tmp_path, monke
     job.build_model(compose_config(tiny_overrides(tiny_data))).load_state_dict(state)
 
 
-def test_same_seed_gives_bit_identical_metrics(tiny_data, monkeypatch, tmp_path):
-    monkeypatch.setattr(job, "output_dir", lambda: tmp_path)
-    cfg = compose_config([*tiny_overrides(tiny_data), "model=cnn"])
+def test_same_seed_gives_bit_identical_metrics(tiny_data, tmp_path):
+    cfg = compose_config([*tiny_overrides(tiny_data), "model=cnn", f"output_dir={tmp_path}"])
     assert job.run(cfg) == job.run(cfg)
-    other = compose_config([*tiny_overrides(tiny_data), "model=cnn", "seed=1"])
+    other = compose_config([*tiny_overrides(tiny_data), "model=cnn", "seed=1",
+                            f"output_dir={tmp_path}"])
     assert job.run(other) != job.run(cfg)
 
 
