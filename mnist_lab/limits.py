@@ -80,10 +80,6 @@ def sizes(most: int, largest: int, least: int = 0) -> Rule:
                 f"a list of {entries} integers from 1 to {largest}")
 
 
-def one_of(*choices: str) -> Rule:
-    return Rule(lambda v: v in choices, f"one of {', '.join(choices)}")
-
-
 def text(most: int) -> Rule:
     return Rule(lambda v: isinstance(v, str) and 0 < len(v) <= most,
                 f"a non-empty text of at most {most} characters")
