@@ -99,6 +99,7 @@ def refused_in_one_line(problem: str | None, command: list[str]) -> bool:
     return True
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(command=overrides())

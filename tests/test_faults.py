@@ -182,6 +182,7 @@ def interrupt_after_first_epoch(tmp_path, signum):
     return args, err, run
 
 
+@pytest.mark.slow
 def test_sigint_stops_keeps_checkpoint_marks_killed_and_resume_continues(tmp_path):
     args, err, run = interrupt_after_first_epoch(tmp_path, signal.SIGINT)
     assert "resume=true" in err and "python run.py" in err
@@ -198,6 +199,7 @@ def test_sigint_stops_keeps_checkpoint_marks_killed_and_resume_continues(tmp_pat
     assert sorted(steps) == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     _, err, _ = interrupt_after_first_epoch(tmp_path, signal.SIGTERM)
     assert "resume=true" in err
@@ -247,6 +249,7 @@ def test_a_ctrl_c_that_python_swallows_still_stops_the_run_at_the_epoch_end(tiny
     assert run.info.status == "KILLED"
 
 
+@pytest.mark.slow
 def test_an_ignored_sigint_stays_ignored(tiny_data, tmp_path, monkeypatch):
     cfg = run_with_sigint_mid_epoch_1(tiny_data, tmp_path, monkeypatch, signal.SIG_IGN)
     assert load_safely(checkpoint.folder_for(cfg) / checkpoint.LAST)["epoch"] == 3
@@ -254,6 +257,7 @@ def test_an_ignored_sigint_stays_ignored(tiny_data, tmp_path, monkeypatch):
     assert run.info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     root = slow_enough(tmp_path)
     common = [*tiny_overrides(root), "train.epochs=3", "model=cnn", "tracking=off"]
@@ -286,6 +290,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert len(leftovers) <= 1  # at most the write that the kill interrupted
 
 
+@pytest.mark.slow
 def test_a_diverging_job_in_a_sweep_fails_alone(tiny_data, tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "run.py"), "-m", *tracked(tiny_data, tmp_path),
@@ -303,6 +308,7 @@ def test_a_diverging_job_in_a_sweep_fails_alone(tiny_data, tmp_path):
     assert parent.data.tags["best_run_id"] == children["0.01"].info.run_id
 
 
+@pytest.mark.slow
 def test_a_bad_value_in_a_sweep_is_recorded_failed_and_the_rest_run(tiny_data, tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "run.py"), "-m", *tracked(tiny_data, tmp_path),
@@ -314,6 +320,7 @@ def test_a_bad_value_in_a_sweep_is_recorded_failed_and_the_rest_run(tiny_data, t
     assert statuses == ["FAILED", "FINISHED"]
 
 
+@pytest.mark.slow
 def test_rerun_repeats_a_logged_run_exactly_into_a_new_run_folder(tiny_data, tmp_path,
                                                                   monkeypatch):
     from mnist_lab.cli import main

@@ -15,6 +15,7 @@ from mnist_lab.loop import Recipe, fit
 from mnist_lab.tables import write_table
 
 
+@pytest.mark.slow
 def test_a_run_ends_saying_where_its_files_and_mlflow_page_are(tiny_data, tmp_path):
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
     out = tmp_path / "outputs" / "day" / "time"

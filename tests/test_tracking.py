@@ -40,6 +40,7 @@ def only_run(uri):
     return client, runs
 
 
+@pytest.mark.slow
 def test_a_run_is_fully_recorded(tiny_data, tmp_path):
     cfg = compose_config([*store_overrides(tiny_data, tmp_path), "model=cnn", "train.epochs=3",
                           f"output_dir={tmp_path / 'out'}"])
@@ -92,6 +93,7 @@ def test_tracking_off_touches_no_store(tiny_data, tmp_path):
     assert not (tmp_path / "store").exists()
 
 
+@pytest.mark.slow
 def test_unreachable_server_fails_before_any_work(tiny_data, tmp_path):
     result = run_lab([*tiny_overrides(tiny_data), "tracking=server",
                       f"tracking.uri=http://127.0.0.1:{free_port()}", f"hydra.run.dir={tmp_path}/o"])
@@ -129,6 +131,7 @@ def test_a_failing_run_ends_failed_with_the_error(tiny_data, tmp_path, monkeypat
     assert "boom in training" in runs[0].data.tags["error"]
 
 
+@pytest.mark.slow
 def test_a_sweep_nests_its_runs_under_one_parent_with_a_summary(tiny_data, tmp_path):
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
     result = run_lab(["-m", *store_overrides(tiny_data, tmp_path), "model=ffnn,cnn",
@@ -172,6 +175,7 @@ def test_a_sweep_nests_its_runs_under_one_parent_with_a_summary(tiny_data, tmp_p
     assert (tmp_path / "cmp" / "compare_val_loss.png").is_file()
 
 
+@pytest.mark.slow
 def test_a_seed_sweep_puts_the_spread_of_test_accuracy_on_its_parent(tiny_data, tmp_path):
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
     # the experiment sweeps both models over ten seeds; the command line narrows both lists
@@ -244,6 +248,7 @@ def mlflow_server(tmp_path):
         server.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_a_run_logged_through_a_real_server_reads_back_over_rest(tiny_data, tmp_path,
                                                                   mlflow_server):
     result = run_lab([*tiny_overrides(tiny_data), "tracking=server",

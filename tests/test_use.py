@@ -25,6 +25,7 @@ from mnist_lab.evaluate import evaluate
 from mnist_lab.predict import ImageError, to_mnist
 
 
+@pytest.mark.slow
 def test_cnn_bn_builds_from_yaml_with_batch_norm_and_trains(tiny_data, tmp_path):
     cfg = compose_config([*tiny_overrides(tiny_data), "model=cnn_bn", "train.epochs=3",
                           f"output_dir={tmp_path / 'out'}"])
