@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     again = commands.add_parser("rerun", help="repeat a logged run from its recorded config",
                                 description="Train again from the resolved config.yaml a run "
                                             "logged, as a new MLflow run (same seed: same "
-                                            "metrics).")
+                                            "metrics), its files in a new outputs/DATE/TIME "
+                                            "here, as run.py's.")
     again.add_argument("run_id")
     again.add_argument("--uri", default=None, help="tracking URI (default as run.py)")
     again.add_argument("--experiment", default="mnist-lab")
