@@ -15,9 +15,9 @@ import mnist_lab.schema  # noqa: F401  registers the config schemas before Hydra
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from mnist_lab.cli import train
+    from mnist_lab.cli import run_job
 
-    return train(cfg)
+    return run_job(cfg)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import math
-import shlex
 import statistics
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from mnist_lab.cli import resume_command
 from mnist_lab.errors import ConfigError
 from mnist_lab.study import check, is_optuna_sweep, settle_study, study_parent
 from mnist_lab.tracking import PARENT_ID_FILE
@@ -40,8 +40,7 @@ class MlflowSweepCallback(Callback):
             except ConfigError as err:
                 refuse(err)
         overrides = list(config.hydra.overrides.task)
-        again = [o for o in overrides if not o.startswith("resume=")] + ["resume=true"]
-        stopping.guard_sweep(f"continue the sweep with python run.py -m {shlex.join(again)} "
+        stopping.guard_sweep(f"continue the sweep with {resume_command(overrides, sweep=True)} "
                              "(finished jobs are skipped)")
         if not config.tracking.enabled:  # resume=true: each job continues its checkpoint
             return
@@ -92,7 +91,7 @@ class MlflowSweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_id is None:
             return
-        from mnist_lab.store import connect, ui_url
+        from mnist_lab.store import connect, ui_url, uri_option
 
         client, experiment_id = connect(config.tracking)
         status = "FAILED"
@@ -108,8 +107,8 @@ class MlflowSweepCallback(Callback):
         finally:
             parent_id = self.parent_id
             self._close(client, status)
-        uri = f" --uri {config.tracking.uri}" if config.tracking.uri else ""
-        print(f"compare the sweep's runs: mnist-lab compare --parent {parent_id}{uri}\n"
+        print(f"compare the sweep's runs: mnist-lab compare --parent {parent_id}"
+              f"{uri_option(config.tracking)}\n"
               f"MLflow: {ui_url(config.tracking, f'experiments/{experiment_id}/runs/{parent_id}')}")
         if failed:
             print(f"{failed} job{'s' if failed > 1 else ''} of this sweep failed; each run's "

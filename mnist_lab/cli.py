@@ -1,10 +1,11 @@
-"""Entry points: `train` behind run.py, and the `mnist-lab` console script's subcommands."""
+"""Entry points: `run_job` behind run.py, and the `mnist-lab` console script's subcommands."""
 
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import shlex
 import shutil
 import sys
 from contextlib import contextmanager, redirect_stdout, suppress
@@ -25,10 +26,11 @@ def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def train(cfg: DictConfig) -> float:
-    """run.py's body. Known input errors end a single run with one line and exit status 2; in a
-    sweep, a failed job is recorded FAILED, reported and scored as the worst objective so the
-    others go on. A stop signal ends a single run, or a whole sweep, with 130 or 143."""
+def run_job(cfg: DictConfig) -> float:
+    """run.py's body: `job.run`, with its failures turned into what the user sees. Known input
+    errors end a single run with one line and exit status 2; in a sweep, a failed job is
+    recorded FAILED, reported and scored as the worst objective so the others go on. A stop
+    signal ends a single run, or a whole sweep, with 130 or 143."""
     from mnist_lab import stopping
 
     if is_multirun():
@@ -127,14 +129,21 @@ def resume_hint(cfg: DictConfig) -> str:
 
     if not cfg.checkpoint.enabled:
         return "checkpoint.enabled=false, so there is nothing to resume"
-    overrides = [o for o in hydra_context()[0] if not o.startswith("resume=")]
-    return ("the last complete epoch is kept; continue with\n  python run.py "
-            + " ".join([*overrides, "resume=true"]))
+    return f"the last complete epoch is kept; continue with\n  {resume_command(hydra_context()[0])}"
+
+
+def resume_command(overrides: list[str], sweep: bool = False) -> str:
+    """The command that continues a stopped run (or sweep) given these overrides, `resume=true`
+    in place of any `resume=`, quoted for the shell: a value with a space survives the paste."""
+    kept = [o for o in overrides if o.partition("=")[0].lstrip("+~") != "resume"]
+    return shlex.join(["python", "run.py", *(["-m"] if sweep else []), *kept, "resume=true"])
 
 
 def rerun(args: argparse.Namespace) -> int:
-    """Repeat a logged run from the resolved config.yaml it recorded, as a new MLflow run."""
+    """Repeat a logged run from the resolved config.yaml it recorded, as a new MLflow run whose
+    files go where run.py's would (not into the folder the recorded `output_dir` names)."""
     from mnist_lab.job import run
+    from mnist_lab.preflight import compose_job
     from mnist_lab.store import client_for
     from mnist_lab.tracking import load_logged_config
 
@@ -148,6 +157,7 @@ def rerun(args: argparse.Namespace) -> int:
         return 2
     cfg = load_logged_config(path)
     cfg.resume = False
+    cfg.output_dir = compose_job([]).output_dir  # a new outputs/DATE/TIME, as run.py would make
     if args.uri:
         cfg.tracking.uri = args.uri
     print(f"repeating {original.info.run_name} ({args.run_id}) from its recorded config")
@@ -181,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     again = commands.add_parser("rerun", help="repeat a logged run from its recorded config",
                                 description="Train again from the resolved config.yaml a run "
                                             "logged, as a new MLflow run (same seed: same "
-                                            "metrics).")
+                                            "metrics), its files in a new outputs/DATE/TIME "
+                                            "here, as run.py's.")
     again.add_argument("run_id")
     again.add_argument("--uri", default=None, help="tracking URI (default as run.py)")
     again.add_argument("--experiment", default="mnist-lab")

@@ -133,7 +133,7 @@ def download(root: Path) -> None:
 
 
 @dataclass
-class MNIST:
+class MnistTensors:
     """The whole dataset as uint8 tensors plus the train/validation index split."""
 
     train_images: torch.Tensor
@@ -144,14 +144,14 @@ class MNIST:
     test_labels: torch.Tensor
     checksums: dict
 
-    def to(self, device: torch.device) -> "MNIST":
+    def to(self, device: torch.device) -> "MnistTensors":
         moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v
                  for k, v in self.__dict__.items()}
-        return MNIST(**moved)
+        return MnistTensors(**moved)
 
 
 def load_mnist(root: str | Path, val_size: int, seed: int, limit: int | None = None,
-               download_missing: bool = False, verify: bool = True) -> MNIST:
+               download_missing: bool = False, verify: bool = True) -> MnistTensors:
     root = Path(root)
     missing = [stem for stem in SHA256 if find_file(root, stem) is None]
     if missing and download_missing:
@@ -166,7 +166,7 @@ def load_mnist(root: str | Path, val_size: int, seed: int, limit: int | None = N
     val_idx, train_idx = order[:val_size], order[val_size:]
     if limit is not None:
         train_idx = train_idx[:limit]
-    return MNIST(train_images[train_idx], train_labels[train_idx].long(),
+    return MnistTensors(train_images[train_idx], train_labels[train_idx].long(),
                  train_images[val_idx], train_labels[val_idx].long(),
                  test_images, test_labels.long(), checksums)
 

@@ -37,8 +37,9 @@ class EvalResult:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-             batch_size: int = EvalConf.batch_size, num_classes: int = 10, tta: bool = False) -> EvalResult:
-    """One pass in eval mode; `tta` averages the softmax over one-pixel shifts of each image."""
+             batch_size: int = EvalConf.batch_size, tta: bool = False) -> EvalResult:
+    """One pass in eval mode; `tta` averages the softmax over one-pixel shifts of each image.
+    The confusion matrix has a row and a column per output of the model."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
@@ -46,14 +47,15 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     for x, y in batches(images, labels, batch_size):
         logits = tta_logits(model, x) if tta else model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        classes = logits.shape[1]
         conf, pred = logits.softmax(dim=1).max(dim=1)
         preds.append(pred)
         confs.append(conf)
     model.train(was_training)
     predictions = torch.cat(preds).cpu()
     truth = labels.cpu()
-    confusion = torch.bincount(truth * num_classes + predictions,
-                               minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    confusion = torch.bincount(truth * classes + predictions,
+                               minlength=classes * classes).reshape(classes, classes)
     return EvalResult(loss=loss_sum.item() / len(labels),
                       accuracy=(predictions == truth).double().mean().item(),
                       confusion=confusion, predictions=predictions,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
 
@@ -19,11 +18,11 @@ from mnist_lab.data import load_mnist, split_seed
 from mnist_lab.errors import ConfigError
 from mnist_lab.evaluate import evaluate, report
 from mnist_lab.identity import config_key, run_name
-from mnist_lab.limits import validate
+from mnist_lab.limits import fail, validate
 from mnist_lab.models import build_model, count_parameters
 from mnist_lab.pruning import trial_hook
 from mnist_lab.stopping import stop_signals
-from mnist_lab.train import Recipe, fit, print_epoch
+from mnist_lab.loop import Recipe, fit, print_epoch
 
 
 def pick_device(name: str) -> torch.device:
@@ -70,20 +69,20 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, steps_per_epoch: in
                                   **{k: v for k, v in runtime.items() if k in takes})
 
 
-def output_dir() -> Path:
-    """Hydra's run folder for this job, or a fresh temporary one when called outside Hydra."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path(tempfile.mkdtemp(prefix="mnist-lab-"))
+def output_folder(cfg: DictConfig) -> Path:
+    """`output_dir`, made now: a folder that cannot be made stops the run before training."""
+    out = Path(cfg.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        fail("output_dir", cfg.output_dir, f"a folder this run can make ({err.strerror or err})")
+    return out
 
 
 def write_outputs(out: Path, cfg: DictConfig, state: TrainingState, test, data) -> None:
     """Everything a run leaves behind, in its output folder (MLflow logs the folder as is)."""
     from mnist_lab.tables import write_table
 
-    out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     checkpoint.save_atomic(state.best_state, out / "best.pth")  # never a half-written file
     rows = [{"class": d, "correct": c, "total": t, "accuracy": round(c / max(t, 1), 6)}
@@ -162,6 +161,7 @@ def run(cfg: DictConfig) -> float:
     # inputs before the store: opening MLflow takes seconds, a bad data file answers in one
     data = load_mnist(cfg.data.root, cfg.data.val_size, split_seed(cfg), cfg.data.limit,
                       cfg.data.download, cfg.data.verify)
+    out = output_folder(cfg)
     run_tracker = tracking.open_run(cfg)
     with run_tracker, stop_signals() as received:
         threads = job_threads(cfg)
@@ -191,7 +191,7 @@ def run(cfg: DictConfig) -> float:
               f"{len(data.test_images):,} test images, device {device}", flush=True)
 
         state.identity = {"run_id": run_tracker.run_id, "config_key": config_key(cfg),
-                          "overrides": " ".join(run_tracker.overrides)}
+                          "overrides": " ".join(tracking.hydra_context()[0])}
         # after each epoch, in this order: a kill between two steps loses nothing that resume
         # (which catches the store up from the checkpoint) cannot restore
         callbacks = [save_every_epoch(last)] if last else []
@@ -208,20 +208,18 @@ def run(cfg: DictConfig) -> float:
         print(f"best epoch {state.best_epoch} of {cfg.train.epochs}: the lowest val/loss "
               f"({state.best_val_loss:.4f}; * marks each new lowest); its weights are tested")
         print(report(test, f"{cfg.choices.model} on the test set"), flush=True)
-        out = output_dir()
         write_outputs(out, cfg, state, test, data)
         run_tracker.finish(model, state, test, out)
     print(where_to_look(cfg, out, run_tracker), flush=True)
     return state.best_val_loss
 
 
-def where_to_look(cfg: DictConfig, out: Path, run_tracker: tracking.NoTracking) -> str:
+def where_to_look(cfg: DictConfig, out: Path, run_tracker: tracking.Tracker) -> str:
     """The closing lines of a run: its files, its MLflow page and the comparison command."""
     shown = os.path.relpath(out) if out.is_relative_to(Path.cwd()) else str(out)
     lines = [f"files: {shown}/ (report.txt, figures, best.pth, config.yaml)"]
     if run_tracker.run_id:
         page = f"experiments/{run_tracker.experiment_id}/runs/{run_tracker.run_id}"
         lines += [f"MLflow: {store.ui_url(cfg.tracking, page)}",
-                  "compare with the other runs: mnist-lab compare"
-                  + (f" --uri {cfg.tracking.uri}" if cfg.tracking.uri else "")]
+                  f"compare with the other runs: mnist-lab compare{store.uri_option(cfg.tracking)}"]
     return "\n".join(lines)

@@ -80,10 +80,6 @@ def sizes(most: int, largest: int, least: int = 0) -> Rule:
                 f"a list of {entries} integers from 1 to {largest}")
 
 
-def one_of(*choices: str) -> Rule:
-    return Rule(lambda v: v in choices, f"one of {', '.join(choices)}")
-
-
 def text(most: int) -> Rule:
     return Rule(lambda v: isinstance(v, str) and 0 < len(v) <= most,
                 f"a non-empty text of at most {most} characters")
@@ -140,6 +136,7 @@ RULES: dict[str, Rule] = {
     "data.rotate_degrees": number(0, 180),
     "data.shift_pixels": number(0, 14),
     "checkpoint.dir": text(4096),
+    "output_dir": text(4096),
     **{f"choices.{group}": NAMED for group in GROUPS},
     "tracking.experiment": text(256),  # MLflow's SQL stores hold names of up to 256 characters
     "launcher.n_jobs": count(1, 1024),

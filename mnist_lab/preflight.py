@@ -6,7 +6,7 @@ folder before the task function could refuse a bad value. `check_command_line` c
 same config first, with Hydra's compose API, and validates it: a problem is one line on stderr,
 exit status 2, and nothing is created. A sweep is composed job by job, as the basic sweeper
 expands it: refused if a job does not compose (Hydra would stop halfway) or if no job passes
-`validate`; when only some do, it runs and the others are recorded FAILED (cli.train).
+`validate`; when only some do, it runs and the others are recorded FAILED (cli.run_job).
 """
 
 from __future__ import annotations
@@ -47,6 +47,16 @@ def first_problem(argv: list[str]) -> str | None:
         return str(err)
     except Exception as err:  # Hydra's and OmegaConf's errors: composition failed
         return one_line(err)
+
+
+def compose_job(overrides: list[str], return_hydra_config: bool = False):
+    """The config `python run.py OVERRIDES` gives its job, composed without starting one (rerun,
+    tests); with `return_hydra_config`, as composed, its `hydra` node kept."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    return cfg if return_hydra_config else job_config(cfg)
 
 
 def problem_in(overrides: list[str], multirun: bool) -> str | None:

@@ -28,7 +28,7 @@ class ReportToTrial:
         self.tags = {"optuna.study": trial.study.study_name, "optuna.trial": str(trial.number)}
 
     def __call__(self, state, metrics: dict[str, float]) -> None:
-        """Epoch callback (see train.fit)."""
+        """Epoch callback (see loop.fit)."""
         self.trial.report(metrics[OBJECTIVE], state.epoch)
         if state.epoch < self.epochs and self.trial.should_prune():
             raise TrialPruned(state.epoch)

@@ -8,6 +8,7 @@ module must stay cheap: it runs on every `python run.py --help`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -169,7 +170,6 @@ class Interval(StrEnum):
     step = "step"  # ... after each batch (OneCycle)
 
 
-
 @dataclass
 class ChoicesConf:
     """The option chosen in each group (`model: cnn`), read from Hydra's `hydra.runtime.choices`:
@@ -184,18 +184,23 @@ class ChoicesConf:
 
 def job_config(composed: DictConfig) -> DictConfig:
     """The config a job sees, from one composed with `return_hydra_config=True` outside a job
-    (preflight, tests): `choices` read from its `hydra` node, which is then removed."""
+    (preflight, rerun, tests): `choices` read from its `hydra` node, which is then removed, and
+    `output_dir` (unless given) the folder Hydra makes for a single run, `hydra.run.dir`."""
     with open_dict(composed):
         for group in GROUPS:
             composed.choices[group] = composed.hydra.runtime.choices[group]
+        if OmegaConf.to_container(composed)["output_dir"] == LabConfig.output_dir:
+            composed.output_dir = os.path.abspath(composed.hydra.run.dir)  # as Hydra makes it
         del composed["hydra"]
     return composed
 
 
 def upgrade_recorded(recorded: DictConfig) -> DictConfig:
     """A config.yaml recorded before the choices node (a `name` in each group's node, the
-    scheduler's `interval` in its node) in today's form, so older runs still predict and rerun."""
+    scheduler's `interval` in its node) or `output_dir` (then null: not recorded) in today's
+    form, so older runs still predict and rerun."""
     with open_dict(recorded):
+        recorded.setdefault("output_dir", None)
         for group in (*GROUPS, "launcher"):
             name = recorded.get(group, {}).pop("name", None)
             if name is not None and group in GROUPS:
@@ -257,6 +262,7 @@ class LabConfig:
     deterministic: bool = True  # bit-identical metrics for the same config and seed
     plots: bool = True  # write the per-run figures (about 2 s of matplotlib per run)
     resume: Any = False  # false, true (this config's checkpoint; in -m, this sweep) or a run id
+    output_dir: Optional[str] = "${hydra:runtime.output_dir}"  # the run's files (Hydra's)
     train: TrainConf = field(default_factory=TrainConf)
     eval: EvalConf = field(default_factory=EvalConf)
     data: DataConf = field(default_factory=DataConf)

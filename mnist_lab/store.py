@@ -8,6 +8,7 @@ that at once fail. A server is asked for its health first. Every failure is one 
 from __future__ import annotations
 
 import os
+import shlex
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -73,7 +74,9 @@ def store_lock(uri: str):
 
 
 def connect(tracking: DictConfig):
-    """A client on a checked store and the experiment's id; raises TrackingError fast."""
+    """A client on a checked store and the experiment's id; raises TrackingError fast. It also
+    sets MLflow's global tracking URI, which the fluent calls read (the model export's
+    `start_run(run_id=...)`, `mlflow.pytorch.load_model` of a `models:/` URI)."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -120,8 +123,13 @@ def ui_url(tracking: DictConfig, page: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/#/{page}"
     default = uri == f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
-    start = "make ui" if default else f"mlflow ui --backend-store-uri {uri}"
+    start = "make ui" if default else f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
     return f"http://127.0.0.1:5000/#/{page}  (start the UI: {start})"
+
+
+def uri_option(tracking: DictConfig) -> str:
+    """` --uri URI` for a printed mnist-lab command when the run named its store, shell-quoted."""
+    return f" --uri {shlex.quote(tracking.uri)}" if tracking.uri else ""
 
 
 def client_for(uri: str | None, experiment: str = "mnist-lab"):

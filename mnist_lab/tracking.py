@@ -1,8 +1,10 @@
 """MLflow: one training run = one MLflow run, nested under a sweep's parent when there is one.
 
-Logging goes through `MlflowClient` with explicit run ids, so nothing depends on MLflow's
-process-global "active run" and jobs in other processes (joblib, submitit) log the same way.
-MLflow is imported only here and in `store`, only when tracking is on: it costs seconds.
+The run is made, logged to and ended through `MlflowClient` with explicit run ids, so jobs in
+other processes (joblib, submitit) log the same way and nothing reads MLflow's "active run".
+The one fluent call is the model export (`registry.log_pytorch_model`), which opens this run by
+id with `mlflow.start_run(run_id=...)` on the global tracking URI that `store.connect` sets.
+MLflow is imported inside the functions that use it, only when tracking is on: it costs seconds.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import sys
 import traceback
 from pathlib import Path
+from typing import Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -49,41 +52,66 @@ def hydra_context() -> tuple[list[str], str | None]:
     return list(hydra.overrides.task), parent
 
 
+class Tracker(Protocol):
+    """What a run reports to: `MlflowRun`, or `NoTracking` for tracking=off. A context manager
+    around the run; `start` once the model and data exist; `log_epoch` is an epoch callback."""
+
+    run_id: str | None
+    experiment_id: str | None
+
+    def __enter__(self) -> "Tracker": ...
+
+    def __exit__(self, exc_type, exc, tb) -> bool: ...
+
+    def start(self, model, data, device, checkpoint: Path | None = None,
+              resume_run_id: str | None = None, tags: dict[str, str] | None = None) -> None: ...
+
+    def catch_up(self, history: dict[str, list[float]]) -> None: ...
+
+    def log_epoch(self, state, metrics: dict[str, float]) -> None: ...
+
+    def finish(self, model, state, test, out: Path) -> None: ...
+
+
 class NoTracking:
-    """tracking=off: the same calls, no store touched."""
+    """tracking=off: the Tracker that records nothing and touches no store."""
 
-    def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
-        self.overrides, self.parent_id = hydra_context()
-        self.run_id: str | None = None
+    run_id = experiment_id = None
 
-    def __enter__(self):
+    def __enter__(self) -> "NoTracking":
         return self
 
     def __exit__(self, *exc) -> bool:
         return False
 
-    def start(self, **_) -> None:
+    def start(self, *_, **__) -> None:
         pass
 
     def catch_up(self, history: dict[str, list[float]]) -> None:
         pass
 
     def log_epoch(self, state, metrics: dict[str, float]) -> None:
-        """Epoch callback (see train.fit)."""
+        pass
 
     def finish(self, *_, **__) -> None:
         pass
 
 
-class MlflowRun(NoTracking):
+class MlflowRun:
+    """The Tracker that records the run in the MLflow store."""
+
     def __init__(self, cfg: DictConfig):
-        super().__init__(cfg)
+        self.cfg = cfg
+        self.overrides, self.parent_id = hydra_context()
+        self.run_id: str | None = None
         self.client, self.experiment_id = connect(cfg.tracking)
         self.closed = False
         from mnist_lab.liveness import reconcile
 
         reconcile(self.client)  # runs whose process died end KILLED, not RUNNING forever
+
+    def __enter__(self) -> "MlflowRun":
+        return self
 
     def create(self, tags: dict[str, str], params: dict[str, str]) -> None:
         """The one place a run is made: nested under the sweep's parent, with its process."""
@@ -180,7 +208,7 @@ class MlflowRun(NoTracking):
             self.closed = True
             return False
         if self.run_id is None and issubclass(exc_type, (LabError, KeyboardInterrupt)):
-            return False  # refused before the run exists: no run (a sweep's job: cli.train)
+            return False  # refused before the run exists: no run (a sweep's job: cli.run_job)
         self.record_failure(exc)
         return False
 
@@ -200,8 +228,8 @@ class MlflowRun(NoTracking):
             err.mlflow_run_id = self.run_id
 
 
-def open_run(cfg: DictConfig) -> NoTracking:
-    return MlflowRun(cfg) if cfg.tracking.enabled else NoTracking(cfg)
+def open_run(cfg: DictConfig) -> Tracker:
+    return MlflowRun(cfg) if cfg.tracking.enabled else NoTracking()
 
 
 def record_failed_job(cfg: DictConfig, err: Exception) -> None:

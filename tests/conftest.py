@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from mnist_lab.schema import job_config  # importing registers the schemas
+from mnist_lab.preflight import compose_job as compose_config  # noqa: F401  for the tests
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT / "data" / "mnist"
@@ -60,14 +59,6 @@ def tiny_overrides(data_root: Path) -> list[str]:
     return [f"data.root={data_root}", "data.verify=false", "data.val_size=100",
             "train.epochs=2", "train.batch_size=32", "train.progress=off", "tracking=off",
             f"checkpoint.dir={data_root.parent / 'checkpoints'}"]
-
-
-def compose_config(overrides: list[str], return_hydra_config: bool = False):
-    """The config run.py's job gets (its `choices` filled as Hydra's job fills them), or with
-    the `hydra` node too."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    return cfg if return_hydra_config else job_config(cfg)
 
 
 def run_lab(args: list[str], cwd: Path | None = None, timeout: float = 300,

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
@@ -5,7 +7,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 from conftest import ROOT, compose_config, run_lab, tiny_overrides
-from mnist_lab.identity import flatten
+from mnist_lab.identity import config_key, flatten
 from mnist_lab.preflight import first_problem
 from mnist_lab.job import build_optimizer
 from mnist_lab.models import build_model
@@ -141,6 +143,18 @@ def test_nodes_hold_no_name_and_the_choices_are_recorded():
     assert not any(key.startswith("choices.") for key in params)
 
 
+def test_the_output_folder_is_a_config_value_outside_the_run_identity(tmp_path):
+    """`output_dir`, where a run writes its files: Hydra's run folder unless given (composed
+    outside a job, the outputs/DATE/TIME a single run would get); it changes neither the
+    checkpoint a run resumes from nor the MLflow params that runs are compared by."""
+    default = compose_config([])
+    assert Path(default.output_dir).parents[1] == Path.cwd() / "outputs"
+    given = compose_config([f"output_dir={tmp_path}"])
+    validate(given)
+    assert given.output_dir == str(tmp_path)
+    assert config_key(given) == config_key(default) and flatten(given) == flatten(default)
+
+
 def test_choices_cannot_be_set_by_hand():
     assert "model=" in first_problem(["choices.model=resnet"])
 
@@ -189,18 +203,21 @@ def test_experiments_are_found_from_any_working_directory(tmp_path):
 
 
 def test_a_config_recorded_with_names_in_the_nodes_still_loads(tmp_path):
-    """Runs recorded before the choices node (a `name` per node, `sched.interval`) predict and
-    rerun as before."""
+    """Runs recorded before the choices node (a `name` per node, `sched.interval`) or before
+    `output_dir` predict and rerun as before."""
     from mnist_lab.tracking import load_logged_config
 
     cfg = compose_config(["model=cnn", "sched=onecycle", "optim=sgd"])
     recorded = OmegaConf.to_container(cfg, resolve=True)
+    del recorded["output_dir"]
     for group, name in recorded.pop("choices").items():
         recorded[group]["name"] = name
     recorded["launcher"]["name"] = "basic"
     recorded["sched"]["interval"] = recorded["train"].pop("sched_interval")
     (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(recorded))
     loaded = load_logged_config(tmp_path / "config.yaml")
+    assert loaded.output_dir is None  # not recorded: rerun gives the run a new folder
+    loaded.output_dir = cfg.output_dir
     assert OmegaConf.to_container(loaded, resolve=True) == OmegaConf.to_container(cfg, resolve=True)
 
 

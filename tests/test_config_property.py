@@ -25,7 +25,7 @@ GROUPS = {group: sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
 # paths, stores and devices are inputs of their own, each with its fault tests (test_inputs.py)
 # (data.verify too: the fixture files are not the published MNIST, so verify=true refuses them)
 OUTSIDE = ("data.root", "data.download", "data.verify", "checkpoint.", "tracking.uri",
-           "tracking.enabled", "resume", "device")
+           "tracking.enabled", "resume", "device", "output_dir")
 
 
 def keys_of(overrides: list[str]) -> set[str]:
@@ -99,6 +99,7 @@ def refused_in_one_line(problem: str | None, command: list[str]) -> bool:
     return True
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(command=overrides())
@@ -110,14 +111,14 @@ def test_any_override_is_accepted_or_refused_in_one_line_naming_the_key(command,
 @settings(max_examples=100, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(command=overrides())
-def test_what_is_accepted_trains(command, fixture_data, tmp_path, monkeypatch):
-    argv = [*tiny_overrides(fixture_data), "plots=false", *command]
+def test_what_is_accepted_trains(command, fixture_data, tmp_path):
+    argv = [*tiny_overrides(fixture_data), "plots=false", f"output_dir={tmp_path / 'out'}",
+            *command]
     if refused_in_one_line(first_problem(argv), command):
         return
     cfg = compose_config(argv)
     cfg.train.epochs = 1  # a valid epoch count trains as long as asked; one shows it trains
     cfg.data.limit = min(cfg.data.limit or 64, 64)
-    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
     threads = torch.get_num_threads()
     try:
         assert math.isfinite(job.run(cfg))

@@ -15,8 +15,7 @@ from conftest import (ROOT, compose_config, make_dataset, runs_in, store, synthe
 from mnist_lab import checkpoint, data, job
 from mnist_lab.checkpoint import CheckpointError, load_safely
 from mnist_lab.data import DataError
-from mnist_lab.errors import ConfigError
-from mnist_lab.train import DivergedError
+from mnist_lab.errors import ConfigError, DivergedError
 
 
 BAD_VALUES = ["optim.lr=0", "optim.lr=-1", "dropout.p=1", "dropout.p=-0.5", "train.batch_size=0",
@@ -118,7 +117,7 @@ def test_a_download_that_verifies_is_moved_in(tmp_path, monkeypatch):
 
 def test_divergence_names_epoch_and_step_and_fails_the_run(tiny_data, tmp_path):
     cfg = compose_config(tracked(tiny_data, tmp_path, "optim=sgd", "optim.lr=1e12",
-                                 "dropout=none"))
+                                 "dropout=none", f"output_dir={tmp_path / 'out'}"))
     with pytest.raises(DivergedError, match=r"epoch 1 at step \d+"):
         job.run(cfg)
     (run,) = runs_in(store(tmp_path))
@@ -183,6 +182,7 @@ def interrupt_after_first_epoch(tmp_path, signum):
     return args, err, run
 
 
+@pytest.mark.slow
 def test_sigint_stops_keeps_checkpoint_marks_killed_and_resume_continues(tmp_path):
     args, err, run = interrupt_after_first_epoch(tmp_path, signal.SIGINT)
     assert "resume=true" in err and "python run.py" in err
@@ -199,6 +199,7 @@ def test_sigint_stops_keeps_checkpoint_marks_killed_and_resume_continues(tmp_pat
     assert sorted(steps) == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_sigterm_is_handled_like_ctrl_c(tmp_path):
     _, err, _ = interrupt_after_first_epoch(tmp_path, signal.SIGTERM)
     assert "resume=true" in err
@@ -226,8 +227,8 @@ def run_with_sigint_mid_epoch_1(tiny_data, tmp_path, monkeypatch, sigint_handler
         return model
 
     monkeypatch.setattr(job, "build_model", build_with_hook)
-    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
-    cfg = compose_config([*tracked(tiny_data, tmp_path), "train.epochs=3"])
+    cfg = compose_config([*tracked(tiny_data, tmp_path), "train.epochs=3",
+                          f"output_dir={tmp_path / 'out'}"])
     previous = signal.signal(signal.SIGINT, sigint_handler)
     try:
         job.run(cfg)
@@ -248,6 +249,7 @@ def test_a_ctrl_c_that_python_swallows_still_stops_the_run_at_the_epoch_end(tiny
     assert run.info.status == "KILLED"
 
 
+@pytest.mark.slow
 def test_an_ignored_sigint_stays_ignored(tiny_data, tmp_path, monkeypatch):
     cfg = run_with_sigint_mid_epoch_1(tiny_data, tmp_path, monkeypatch, signal.SIG_IGN)
     assert load_safely(checkpoint.folder_for(cfg) / checkpoint.LAST)["epoch"] == 3
@@ -255,6 +257,7 @@ def test_an_ignored_sigint_stays_ignored(tiny_data, tmp_path, monkeypatch):
     assert run.info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     root = slow_enough(tmp_path)
     common = [*tiny_overrides(root), "train.epochs=3", "model=cnn", "tracking=off"]
@@ -287,6 +290,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert len(leftovers) <= 1  # at most the write that the kill interrupted
 
 
+@pytest.mark.slow
 def test_a_diverging_job_in_a_sweep_fails_alone(tiny_data, tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "run.py"), "-m", *tracked(tiny_data, tmp_path),
@@ -304,6 +308,7 @@ def test_a_diverging_job_in_a_sweep_fails_alone(tiny_data, tmp_path):
     assert parent.data.tags["best_run_id"] == children["0.01"].info.run_id
 
 
+@pytest.mark.slow
 def test_a_bad_value_in_a_sweep_is_recorded_failed_and_the_rest_run(tiny_data, tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "run.py"), "-m", *tracked(tiny_data, tmp_path),
@@ -315,26 +320,35 @@ def test_a_bad_value_in_a_sweep_is_recorded_failed_and_the_rest_run(tiny_data, t
     assert statuses == ["FAILED", "FINISHED"]
 
 
-def test_rerun_repeats_a_logged_run_exactly(tiny_data, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_rerun_repeats_a_logged_run_exactly_into_a_new_run_folder(tiny_data, tmp_path,
+                                                                  monkeypatch):
     from mnist_lab.cli import main
 
-    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
-    job.run(compose_config(tracked(tiny_data, tmp_path, "model=cnn")))
+    first_out = tmp_path / "out"
+    job.run(compose_config(tracked(tiny_data, tmp_path, "model=cnn", f"output_dir={first_out}")))
     (first,) = runs_in(store(tmp_path))
+    written = {p.name: p.stat().st_mtime_ns for p in first_out.iterdir()}
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     assert main(["rerun", first.info.run_id, "--uri", store(tmp_path)]) == 0
     runs = runs_in(store(tmp_path))
     assert len(runs) == 2
     again = next(r for r in runs if r.info.run_id != first.info.run_id)
     for key in ("test/acc", "test/loss", "best/val_loss"):
         assert again.data.metrics[key] == first.data.metrics[key], key
+    # its files go where run.py's would: a new outputs/DATE/TIME, not the recorded output_dir
+    (folder,) = (tmp_path / "elsewhere" / "outputs").glob("*/*")
+    assert (folder / "report.txt").read_text() == (first_out / "report.txt").read_text()
+    assert f"output_dir: {folder}" in (folder / "config.yaml").read_text()
+    assert {p.name: p.stat().st_mtime_ns for p in first_out.iterdir()} == written
 
 
-def test_resume_by_run_id_continues_that_run_and_checks_the_config(tiny_data, tmp_path,
-                                                                   monkeypatch):
-    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
-    job.run(compose_config(tracked(tiny_data, tmp_path)))
+def test_resume_by_run_id_continues_that_run_and_checks_the_config(tiny_data, tmp_path):
+    out = f"output_dir={tmp_path / 'out'}"
+    job.run(compose_config(tracked(tiny_data, tmp_path, out)))
     (run,) = runs_in(store(tmp_path))
-    job.run(compose_config(tracked(tiny_data, tmp_path, f"resume={run.info.run_id}")))
+    job.run(compose_config(tracked(tiny_data, tmp_path, f"resume={run.info.run_id}", out)))
     (again,) = runs_in(store(tmp_path))  # still one run: it was continued, not duplicated
     assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
     steps = [m.step for m in MlflowClient(store(tmp_path)).get_metric_history(run.info.run_id,

@@ -14,7 +14,8 @@ from conftest import compose_config, run_lab, store, tiny_overrides, tracked
 from mnist_lab import checkpoint, job
 from mnist_lab import store as store_module
 from mnist_lab.cli import main
-from mnist_lab.errors import CheckpointError, DataError, DivergedError, TrackingError
+from mnist_lab.errors import (CheckpointError, ConfigError, DataError, DivergedError,
+                              TrackingError)
 from mnist_lab.preflight import first_problem
 
 
@@ -94,7 +95,8 @@ def test_refused_command_lines_exit_2_in_one_line_and_leave_no_folder(tiny_data,
 
 # --- divergence --------------------------------------------------------------------------------
 def test_a_finite_exploding_loss_is_divergence_and_fails_the_run(tiny_data, tmp_path):
-    cfg = compose_config(tracked(tiny_data, tmp_path, "optim.lr=1e9", "init=default"))
+    cfg = compose_config(tracked(tiny_data, tmp_path, "optim.lr=1e9", "init=default",
+                                 f"output_dir={tmp_path / 'out'}"))
     with pytest.raises(DivergedError, match=r"above train.divergence_loss=100 in epoch 1 at step"):
         job.run(cfg)
     client = MlflowClient(store(tmp_path))
@@ -104,7 +106,7 @@ def test_a_finite_exploding_loss_is_divergence_and_fails_the_run(tiny_data, tmp_
 
 def test_a_non_finite_loss_is_divergence_too(tiny_data):
     from mnist_lab.data import load_mnist
-    from mnist_lab.train import Recipe, train_epoch
+    from mnist_lab.loop import Recipe, train_epoch
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
     torch.nn.init.constant_(model[1].weight, float("nan"))
@@ -173,6 +175,15 @@ def test_store_errors_from_mlflow_carry_no_sql(tmp_path, monkeypatch):
     with pytest.raises(TrackingError) as err:
         store_module.connect(OmegaConf.create({"uri": store(tmp_path), "experiment": "e"}))
     assert "disk I/O error" in str(err.value) and "SQL" not in str(err.value).replace("SQLite", "")
+
+
+def test_an_output_folder_that_cannot_be_made_stops_the_run_before_training(tiny_data, tmp_path,
+                                                                            capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match=r"^output_dir=.* is not allowed: a folder this run"):
+        job.run(compose_config(tracked(tiny_data, tmp_path, f"output_dir={blocker}/out")))
+    assert "epoch" not in capsys.readouterr().out and not (tmp_path / "store").exists()
 
 
 def test_data_errors_come_before_the_store_is_opened(tiny_data, tmp_path):

@@ -65,6 +65,7 @@ def test_the_pruning_callback_reports_each_epoch_and_stops_when_told():
     assert pickle.loads(pickle.dumps(stopped.value)).epoch == 3
 
 
+@pytest.mark.slow
 def test_bad_sweeper_value_stops_with_one_line_and_no_run(tiny_data, tmp_path):
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
     result = run_lab([*tiny_overrides(tiny_data), "experiment=optuna_cnn", "tracking=local",

@@ -52,17 +52,16 @@ def test_an_error_before_the_run_starts_is_recorded_once(tiny_data, tmp_path):
     (run,) = runs_in(store(tmp_path))
     assert run.info.status == "FAILED" and "broken optimizer" in run.data.tags["error"]
     assert run.data.params["optim.lr"] == "0.001"  # the config it failed with
-    # bad input before the run exists is refused, not recorded (a sweep records it: cli.train)
+    # bad input before the run exists is refused, not recorded (a sweep records it: cli.run_job)
     with pytest.raises(DataError):
         with tracking.open_run(cfg):
             raise DataError("missing file")
     assert len(runs_in(store(tmp_path))) == 1
 
 
-def test_resume_of_a_finished_run_says_so_and_leaves_it_alone(tiny_data, tmp_path, monkeypatch,
-                                                             capsys):
-    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
-    objective = job.run(compose_config(tracked(tiny_data, tmp_path)))
+def test_resume_of_a_finished_run_says_so_and_leaves_it_alone(tiny_data, tmp_path, capsys):
+    objective = job.run(compose_config(tracked(tiny_data, tmp_path,
+                                               f"output_dir={tmp_path / 'out'}")))
     (run,) = runs_in(store(tmp_path))
     again = job.run(compose_config(tracked(tiny_data, tmp_path, "resume=true")))
     assert again == objective

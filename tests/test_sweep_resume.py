@@ -213,7 +213,8 @@ def test_a_sweep_is_known_by_what_its_jobs_compute():
     base = key("optim.lr=1e-3,1e-4", "dropout.p=0.0,0.2")
     # where it runs, how it is tracked and resume itself don't change what the jobs compute
     assert key("optim.lr=1e-3,1e-4", "dropout.p=0.0,0.2", "launcher=parallel", "resume=true",
-               "tracking.uri=sqlite:///elsewhere.db", "threads=1") == base
+               "tracking.uri=sqlite:///elsewhere.db", "threads=1",
+               "output_dir=/elsewhere") == base
     assert key("optim.lr=1e-3,1e-5", "dropout.p=0.0,0.2") != base  # other swept values
     assert key("optim.lr=1e-3,1e-4", "dropout.p=0.0,0.2", "train.epochs=3") != base
     assert key("dropout.p=0.0,0.2", "optim.lr=1e-3,1e-4") != base  # renumbers the jobs

@@ -3,9 +3,12 @@
 import subprocess
 import sys
 
+import pytest
 from mlflow import MlflowClient
 
 from conftest import ROOT, tiny_overrides
+
+pytestmark = pytest.mark.slow  # each test runs a sweep of run.py in a subprocess
 
 
 def sweep(args, tmp_path, timeout=600):

@@ -81,6 +81,7 @@ def _healthy(url):
         return False
 
 
+@pytest.mark.slow
 def test_parallel_sweep_against_postgres_backed_server(tiny_data, tmp_path, team_server):
     url, artifact_root = team_server
     result = subprocess.run(

@@ -1,5 +1,6 @@
 """What a user reads: the end of a run, its run.log, refusals that leave nothing, the help."""
 
+import shlex
 from types import SimpleNamespace
 
 import pytest
@@ -10,10 +11,11 @@ from mnist_lab import cli, job
 from mnist_lab.checkpoint import TrainingState
 from mnist_lab.compare import format_table, row_for
 from mnist_lab.data import load_mnist
+from mnist_lab.loop import Recipe, fit
 from mnist_lab.tables import write_table
-from mnist_lab.train import Recipe, fit
 
 
+@pytest.mark.slow
 def test_a_run_ends_saying_where_its_files_and_mlflow_page_are(tiny_data, tmp_path):
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
     out = tmp_path / "outputs" / "day" / "time"
@@ -105,3 +107,27 @@ def test_figure_titles_name_the_run_and_the_settings_its_name_leaves_out():
     cfg = compose_config(["model=cnn", "train.epochs=2", "train.batch_size=64", "data.limit=6000"])
     assert job.figure_label(cfg) == "cnn-adam-lr0.001-p0.2, 2 epochs, batch 64, 6000 training images"
     assert job.figure_label(compose_config([])) == "ffnn-adam-lr0.001-p0.2, 20 epochs, batch 20"
+
+
+def test_the_resume_hint_is_a_command_that_gives_back_each_value_with_spaces():
+    """The hint printed when a run is interrupted, pasted into a shell, gives Hydra the same
+    overrides (resume=true in place of resume=...), values with spaces included."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    given = ["model=cnn", "tracking.experiment=my runs", "data.root='/tmp/a b'", "resume=false"]
+    composed = compose_config(given, return_hydra_config=True)
+    hydra = HydraConfig.instance()
+    previous = hydra.cfg
+    hydra.set_config(composed)  # as Hydra does for the job: resume_hint reads the job's overrides
+    try:
+        hint = cli.resume_hint(composed)
+    finally:
+        hydra.cfg = previous
+    argv = shlex.split(hint.splitlines()[-1])
+    assert argv[:2] == ["python", "run.py"]
+    parsed = OverridesParser.create().parse_overrides(argv[2:])
+    assert {o.key_or_group: o.value() for o in parsed} == {
+        "model": "cnn", "tracking.experiment": "my runs", "data.root": "/tmp/a b", "resume": True}
+    sweep = shlex.split(cli.resume_command(given, sweep=True))
+    assert sweep[:3] == ["python", "run.py", "-m"] and sweep[3:] == argv[2:]

@@ -8,9 +8,10 @@ from mnist_lab import job
 from mnist_lab.data import load_mnist
 from mnist_lab.evaluate import evaluate
 from mnist_lab.checkpoint import TrainingState, load_safely, save_every_epoch
-from mnist_lab.train import Recipe, fit
+from mnist_lab.loop import Recipe, fit
 
 
+@pytest.mark.slow
 def test_training_on_fixture_data_lowers_the_loss_and_learns(tiny_data):
     cfg = compose_config([*tiny_overrides(tiny_data), "train.epochs=4", "model=cnn"])
     torch.manual_seed(0)
@@ -35,13 +36,14 @@ def test_training_on_fixture_data_lowers_the_loss_and_learns(tiny_data):
     assert again.accuracy > 0.5
 
 
+@pytest.mark.slow
 def test_validation_ties_go_to_the_later_epoch(tiny_data, monkeypatch):
     data = load_mnist(tiny_data, 100, 0, verify=False)
     cfg = compose_config(tiny_overrides(tiny_data))
     model = job.build_model(cfg)
     optimizer, _ = job.build_optimizer(cfg, model, 16)
     fixed = evaluate(model, data.val_images, data.val_labels)
-    monkeypatch.setattr("mnist_lab.train.evaluate", lambda *a, **k: fixed)
+    monkeypatch.setattr("mnist_lab.loop.evaluate", lambda *a, **k: fixed)
     result = fit(TrainingState.fresh(model, optimizer, None, 0), data,
                  Recipe(epochs=3, batch_size=64))
     assert result.best_epoch == 3
@@ -53,6 +55,7 @@ def fresh_state(cfg, seed: int = 0) -> TrainingState:
     return TrainingState.fresh(model, *job.build_optimizer(cfg, model, 16), seed)
 
 
+@pytest.mark.slow
 def test_epoch_callbacks_see_every_epoch_in_order_and_can_stop_training(tiny_data):
     cfg = compose_config(tiny_overrides(tiny_data))
     data = load_mnist(tiny_data, 100, 0, verify=False)
@@ -73,6 +76,7 @@ def test_epoch_callbacks_see_every_epoch_in_order_and_can_stop_training(tiny_dat
     assert state.epoch == 2 and [s[2] for s in seen[::2]] == state.history["val/loss"]
 
 
+@pytest.mark.slow
 def test_a_saved_state_continues_as_the_uninterrupted_run(tiny_data, tmp_path):
     """What resume relies on: save after epoch 2, restore into a new state, train on."""
     cfg = compose_config([*tiny_overrides(tiny_data), "model=cnn", "data.augment=true"])
@@ -93,6 +97,7 @@ def test_a_saved_state_continues_as_the_uninterrupted_run(tiny_data, tmp_path):
         assert torch.equal(tensor, continued.model.state_dict()[key]), key
 
 
+@pytest.mark.slow
 def test_step_and_epoch_schedulers_change_the_lr(tiny_data):
     for sched, check in (("step", lambda lrs: lrs[2] == pytest.approx(lrs[0] * 0.1)),
                          ("cosine", lambda lrs: lrs[0] > lrs[1] > lrs[2]),
@@ -109,9 +114,9 @@ def test_step_and_epoch_schedulers_change_the_lr(tiny_data):
         assert check(result.history["lr"]), (sched, result.history["lr"])
 
 
-def test_run_returns_best_val_loss_and_writes_outputs(tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
-    objective = job.run(compose_config(tiny_overrides(tiny_data)))
+def test_run_returns_best_val_loss_and_writes_outputs(tiny_data, tmp_path):
+    objective = job.run(compose_config([*tiny_overrides(tiny_data),
+                                        f"output_dir={tmp_path / 'out'}"]))
     assert math.isfinite(objective) and objective > 0
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"config.yaml", "best.pth", "per_class.csv", "per_class.md", "report.txt",
@@ -121,14 +126,16 @@ def test_run_returns_best_val_loss_and_writes_outputs(tiny_data, tmp_path, monke
     job.build_model(compose_config(tiny_overrides(tiny_data))).load_state_dict(state)
 
 
-def test_same_seed_gives_bit_identical_metrics(tiny_data, monkeypatch, tmp_path):
-    monkeypatch.setattr(job, "output_dir", lambda: tmp_path)
-    cfg = compose_config([*tiny_overrides(tiny_data), "model=cnn"])
+@pytest.mark.slow
+def test_same_seed_gives_bit_identical_metrics(tiny_data, tmp_path):
+    cfg = compose_config([*tiny_overrides(tiny_data), "model=cnn", f"output_dir={tmp_path}"])
     assert job.run(cfg) == job.run(cfg)
-    other = compose_config([*tiny_overrides(tiny_data), "model=cnn", "seed=1"])
+    other = compose_config([*tiny_overrides(tiny_data), "model=cnn", "seed=1",
+                            f"output_dir={tmp_path}"])
     assert job.run(other) != job.run(cfg)
 
 
+@pytest.mark.slow
 def test_end_to_end_run_py(tiny_data, tmp_path):
     result = run_lab([*tiny_overrides(tiny_data), "model=cnn", f"hydra.run.dir={tmp_path}/o"])
     assert result.returncode == 0, result.stderr

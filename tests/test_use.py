@@ -25,13 +25,14 @@ from mnist_lab.evaluate import evaluate
 from mnist_lab.predict import ImageError, to_mnist
 
 
-def test_cnn_bn_builds_from_yaml_with_batch_norm_and_trains(tiny_data, tmp_path, monkeypatch):
-    cfg = compose_config([*tiny_overrides(tiny_data), "model=cnn_bn", "train.epochs=3"])
+@pytest.mark.slow
+def test_cnn_bn_builds_from_yaml_with_batch_norm_and_trains(tiny_data, tmp_path):
+    cfg = compose_config([*tiny_overrides(tiny_data), "model=cnn_bn", "train.epochs=3",
+                          f"output_dir={tmp_path / 'out'}"])
     model = job.build_model(cfg)
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 2
     assert all(m.bias is None for m in model.modules() if isinstance(m, nn.Conv2d))
     assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
-    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
     assert job.run(cfg) < 2.3  # below chance-level cross-entropy (ln 10 = 2.30)
 
 
@@ -92,10 +93,10 @@ def test_augmentation_keeps_shape_range_and_identity_at_zero():
     assert torch.equal(shift(x, 1, 0)[..., 1:], x[..., :-1])
 
 
-def test_augmented_training_keeps_labels_and_learns(tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(job, "output_dir", lambda: tmp_path / "out")
+def test_augmented_training_keeps_labels_and_learns(tiny_data, tmp_path):
     cfg = compose_config([*tiny_overrides(tiny_data), "data.augment=true", "train.epochs=3",
-                          "train.label_smoothing=0.1", "eval.tta=true", "model=cnn"])
+                          "train.label_smoothing=0.1", "eval.tta=true", "model=cnn",
+                          f"output_dir={tmp_path / 'out'}"])
     assert job.run(cfg) < 2.3
     report = (tmp_path / "out" / "report.txt").read_text()
     assert float(report.split("overall:")[1].split("%")[0]) > 50
@@ -123,10 +124,8 @@ def trained_run(tmp_path_factory):
     uri = f"sqlite:///{tmp}/store/mlflow.db"
     cfg = compose_config(["model=ffnn", "train.epochs=1", "data.limit=10000", "train.batch_size=64",
                           "tracking=local", f"tracking.uri={uri}", "train.progress=off",
-                          f"checkpoint.dir={tmp}/ckpt"])
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(job, "output_dir", lambda: tmp / "out")
-        job.run(cfg)
+                          f"checkpoint.dir={tmp}/ckpt", f"output_dir={tmp}/out"])
+    job.run(cfg)
     client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("mnist-lab").experiment_id])
     return uri, run, tmp

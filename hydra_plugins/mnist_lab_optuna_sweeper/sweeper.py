@@ -168,7 +168,7 @@ class OptunaSweeper(Sweeper):
             log.warning(f"trial {number} failed: {type(err).__name__}: {err}")
             study.tell(number, state=TrialState.FAIL)
             return
-        if not math.isfinite(value):  # run.py's score for a job that failed (cli.train)
+        if not math.isfinite(value):  # run.py's score for a job that failed (cli.run_job)
             log.warning(f"trial {number} failed (objective {value})")
             study.tell(number, state=TrialState.FAIL)
             return

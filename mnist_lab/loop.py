@@ -14,7 +14,7 @@ from torch import nn
 
 from mnist_lab.augment import random_affine
 from mnist_lab.checkpoint import TrainingState
-from mnist_lab.data import MNIST, batches
+from mnist_lab.data import MnistTensors, batches
 from mnist_lab.errors import DivergedError
 from mnist_lab.evaluate import evaluate
 from mnist_lab.schema import EvalConf
@@ -47,7 +47,7 @@ def show_progress(mode: str) -> bool:
     return mode == "bar" or (mode == "auto" and sys.stderr.isatty())
 
 
-def train_epoch(model: nn.Module, data: MNIST, optimizer: torch.optim.Optimizer, scheduler,
+def train_epoch(model: nn.Module, data: MnistTensors, optimizer: torch.optim.Optimizer, scheduler,
                 recipe: Recipe, generator: torch.Generator, epoch: int) -> float:
     """One pass over the training part; returns the sample-weighted mean loss."""
     model.train()
@@ -98,7 +98,7 @@ def train_epoch(model: nn.Module, data: MNIST, optimizer: torch.optim.Optimizer,
 EpochCallback = Callable[[TrainingState, dict[str, float]], None]
 
 
-def fit(state: TrainingState, data: MNIST, recipe: Recipe,
+def fit(state: TrainingState, data: MnistTensors, recipe: Recipe,
         callbacks: Sequence[EpochCallback] = ()) -> TrainingState:
     """Train from `state.epoch` to `recipe.epochs`, keeping the state with the lowest validation
     loss (ties: the later epoch).
