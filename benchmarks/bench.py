@@ -208,15 +208,14 @@ def study(raw_root: Path, runs: Path, store: str, quick: bool, on_device: str) -
     and the lever of running the two models side by side (launcher=parallel)."""
     limit = ["data.limit=2400"] if quick else []
     notebook = [str(ROOT / "benchmarks" / "notebook_study.py"), str(raw_root)]
-    def lab(*extra: str):
+    def lab(name: str, *extra: str):
         return lambda e: ["run.py", "experiment=notebook", f"train.epochs={e}", store, on_device,
-                          "train.progress=off", *limit, *extra,
-                          f"hydra.sweep.dir={runs}/lab{e}{''.join(extra)}"]
+                          "train.progress=off", *limit, *extra, f"hydra.sweep.dir={runs}/{name}{e}"]
 
     pipelines = {"notebook": lambda e: notebook + ["--epochs", str(e), "--out", str(runs / f"nb{e}")]
-                 + (["--limit", "2400"] if quick else []), "lab": lab()}
+                 + (["--limit", "2400"] if quick else []), "lab": lab("lab")}
     if not quick:
-        pipelines["lab_parallel"] = lab("launcher=parallel")
+        pipelines["lab_parallel"] = lab("parallel", "launcher=parallel")
     result = {name: fitted({e: timed(command(e), f"{name} study, {e} epochs") for e in (1, 2)})
               for name, command in pipelines.items()}
     for name in result:
@@ -271,14 +270,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         figures["machine"]["gpu"] = torch.cuda.get_device_name(device)
     rows: list[tuple[str, str]] = []
 
+    def row(measurement: str, result: str) -> None:  # printed as measured: a long run shows progress
+        rows.append((measurement, result))
+        print(f"| {measurement} | {result} |", flush=True)
+
     start = time.perf_counter()
     load_mnist(DATA, 12000, 0)
     figures["data_load_seconds"] = time.perf_counter() - start
-    rows.append(("data load (read, verify SHA-256, split)", f"{figures['data_load_seconds']:.2f} s"))
+    row("data load (read, verify SHA-256, split)", f"{figures['data_load_seconds']:.2f} s")
 
     peak = measured_peak(1.0 if quick else 3.0, device)
     figures["peak_gflops"] = peak / 1e9
-    rows.append((f"fp32 peak (best matmul, {args.device})", f"{peak / 1e9:.0f} GFLOP/s"))
+    row(f"fp32 peak (best matmul, {args.device})", f"{peak / 1e9:.0f} GFLOP/s")
 
     for name, (model_cls, _) in MODELS.items():
         flops = training_flops(model_cls())
@@ -288,8 +291,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             rate = lab_step_rate(model_cls, batch, steps, device)
             share = rate * flops / peak
             figures[f"{name}_bs{batch}"] = {"samples_per_second": rate, "share_of_peak": share}
-            rows.append((f"{name} training, batch {batch}",
-                         f"{rate:,.0f} samples/s, {100 * share:.0f}% of peak"))
+            row(f"{name} training, batch {batch}",
+                f"{rate:,.0f} samples/s, {100 * share:.0f}% of peak")
 
     with tempfile.TemporaryDirectory() as tmp:
         raw_root = torchvision_layout(Path(tmp))
@@ -300,9 +303,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             figures[f"{name}_epoch"] = {"notebook_seconds": TRAIN_IMAGES / notebook,
                                         "lab_seconds": TRAIN_IMAGES / lab,
                                         "speedup": lab / notebook}
-            rows.append((f"{name} epoch at batch 20: notebook pipeline vs lab loop",
-                         f"{TRAIN_IMAGES / notebook:.1f} s vs {TRAIN_IMAGES / lab:.1f} s "
-                         f"({lab / notebook:.1f}x)"))
+            row(f"{name} epoch at batch 20: notebook pipeline vs lab loop",
+                f"{TRAIN_IMAGES / notebook:.1f} s vs {TRAIN_IMAGES / lab:.1f} s "
+                f"({lab / notebook:.1f}x)")
 
         runs = Path(tmp) / "runs"
         uri = f"sqlite:///{runs}/mlflow.db"
@@ -319,24 +322,24 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             on, _ = run_py([*short, "tracking=local", store, *extra], runs / f"short-{len(extra)}")
             key = "on_seconds" if not extra else "eager_export_seconds"
             figures["tracking"][key] = on
-            rows.append((f"{case} vs tracking=off ({' '.join(short)}, whole process)",
-                         f"{on:.1f} s vs {off:.1f} s ({on - off:+.1f} s)"))
+            row(f"{case} vs tracking=off ({' '.join(short)}, whole process)",
+                f"{on:.1f} s vs {off:.1f} s ({on - off:+.1f} s)")
 
         figures["study"] = study(raw_root, runs, store, quick, on_device)
         for name, fit in figures["study"].items():
-            rows.append((f"study (both models, 20 epochs; from 1 and 2, scaled): {name}",
-                         f"{fit['scaled_20_epochs_seconds']:.0f} s ({fit['fixed_seconds']:.1f} s "
-                         f"fixed + {fit['epoch_seconds']:.1f} s/epoch), {fit['speedup']:.2f}x"))
+            row(f"study (both models, 20 epochs; from 1 and 2, scaled): {name}",
+                f"{fit['scaled_20_epochs_seconds']:.0f} s ({fit['fixed_seconds']:.1f} s "
+                f"fixed + {fit['epoch_seconds']:.1f} s/epoch), {fit['speedup']:.2f}x")
 
         sweep = figures["sweep"] = sweep_efficiency(runs, uri, quick, on_device)
-        rows.append((f"lr_dropout, launcher=parallel ({sweep['runs']} runs, {sweep['n_jobs']} jobs)",
-                     f"{sweep['wall_seconds']:.0f} s wall, {100 * sweep['fraction']:.0f}% in "
-                     "training and evaluation"))
+        row(f"lr_dropout, launcher=parallel ({sweep['runs']} runs, {sweep['n_jobs']} jobs)",
+            f"{sweep['wall_seconds']:.0f} s wall, {100 * sweep['fraction']:.0f}% in "
+            "training and evaluation")
 
         help_s = timed_command(["run.py", "--help"], 3)
         error_s = timed_command(["run.py", "optim.lr=-1"], 3)
         figures["startup"] = {"help_seconds": help_s, "config_error_seconds": error_s}
-        rows.append(("start-up: run.py --help / a config error", f"{help_s:.2f} s / {error_s:.2f} s"))
+        row("start-up: run.py --help / a config error", f"{help_s:.2f} s / {error_s:.2f} s")
 
         results = []
         for seed in (0,) if quick else (0, 1, 2):
@@ -348,9 +351,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         cnn_epoch = figures["cnn_epoch"]["notebook_seconds"]
         figures["speedrun"] = {"runs": results, "mean_test_acc": mean_acc,
                                "mean_seconds": mean_s, "notebook_cnn_epoch_seconds": cnn_epoch}
-        rows.append((f"speedrun, {len(results)} seed(s), whole process",
-                     f"{mean_s:.1f} s ({100 * mean_s / cnn_epoch:.0f}% of one notebook CNN "
-                     f"epoch), test acc {100 * mean_acc:.2f}%"))
+        row(f"speedrun, {len(results)} seed(s), whole process",
+            f"{mean_s:.1f} s ({100 * mean_s / cnn_epoch:.0f}% of one notebook CNN "
+            f"epoch), test acc {100 * mean_acc:.2f}%")
         shutil.rmtree(runs, ignore_errors=True)
 
     figures["targets"] = targets(figures)
