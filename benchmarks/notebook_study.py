@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -49,6 +50,7 @@ def train(model: nn.Module, epochs: int, train_loader, valid_loader, path: Path)
     criterion = nn.CrossEntropyLoss()
     losses, best = {"train": [], "valid": []}, float("inf")
     for epoch in range(epochs):
+        start = time.perf_counter()  # bench.py scales the study from these epoch times
         train_loss = valid_loss = 0.0
         model.train()
         for images, labels in train_loader:
@@ -62,7 +64,8 @@ def train(model: nn.Module, epochs: int, train_loader, valid_loader, path: Path)
             valid_loss += criterion(model(images), labels).item()
         losses["train"].append(train_loss / len(train_loader))
         losses["valid"].append(valid_loss / len(valid_loader))
-        print(f"epoch {epoch + 1}: train {losses['train'][-1]:.4f} valid {losses['valid'][-1]:.4f}")
+        print(f"epoch {epoch + 1}: train {losses['train'][-1]:.4f} valid {losses['valid'][-1]:.4f} "
+              f"{time.perf_counter() - start:.3f} s", flush=True)
         if losses["valid"][-1] <= best:
             torch.save(model.state_dict(), path)
             best = losses["valid"][-1]
