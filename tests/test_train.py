@@ -25,7 +25,7 @@ def test_training_on_fixture_data_lowers_the_loss_and_learns(tiny_data):
     assert history["train/loss"][-1] < history["train/loss"][0]
     assert min(history["val/loss"]) < before.loss
     assert set(history) == {"train/loss", "val/loss", "val/acc", "lr", "epoch_seconds",
-                            "samples_per_second"}
+                            "samples_per_second", "val_seconds"}
     assert all(len(v) == 4 for v in history.values())
     # the kept state is the one with the lowest validation loss, and it reproduces that loss
     assert result.best_val_loss == min(history["val/loss"])
