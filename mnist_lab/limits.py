@@ -252,12 +252,12 @@ def check_combinations(cfg: DictConfig) -> None:
         if cfg.data.val_size >= total:
             fail("data.val_size", cfg.data.val_size,
                  f"smaller than the {total} training images in {cfg.data.root}")
-        train_size = total - cfg.data.val_size
-        if cfg.data.limit is not None:
-            train_size = min(train_size, cfg.data.limit)
-        if cfg.train.batch_size > train_size:
+        train_size, why = total - cfg.data.val_size, f"data.val_size={cfg.data.val_size}"
+        if cfg.data.limit is not None and cfg.data.limit < train_size:
+            train_size, why = cfg.data.limit, f"data.limit={cfg.data.limit}"
+        if cfg.train.batch_size > train_size:  # either key may be the one the user just set
             fail("train.batch_size", cfg.train.batch_size,
-                 f"at most the training set's {train_size} images")
+                 f"at most the training set's {train_size} images ({why})")
     if cfg.device == "cuda":
         import torch
 
