@@ -173,14 +173,20 @@ def timed_command(args: list[str], repeats: int) -> float:
     return best
 
 
-def run_py(overrides: list[str], out: Path) -> tuple[float, str]:
+def timed(args: list[str], what: str) -> tuple[float, str]:
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides,
-                             f"hydra.run.dir={out}", "train.progress=off"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=3600)
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=7200)
     if result.returncode != 0:
-        raise RuntimeError(f"run.py {' '.join(overrides)} failed:\n{result.stderr[-2000:]}")
-    return time.perf_counter() - start, (out / "report.txt").read_text()
+        raise RuntimeError(f"{what} failed:\n{result.stderr[-2000:]}")
+    return time.perf_counter() - start, result.stdout
+
+
+def run_py(overrides: list[str], out: Path) -> tuple[float, str]:
+    """One run.py run: its wall time and its report.txt."""
+    seconds, _ = timed(["run.py", *overrides, f"hydra.run.dir={out}", "train.progress=off"],
+                       f"run.py {' '.join(overrides)}")
+    return seconds, (out / "report.txt").read_text()
 
 
 def accuracy_of(report: str) -> float:
@@ -198,32 +204,22 @@ def scaled(wall: float, epoch_times: list[list[float]], concurrent: bool, epochs
             f"scaled_{epochs}_epochs_seconds": wall - inside + epochs * per_epoch}
 
 
-def timed(args: list[str], what: str) -> tuple[float, str]:
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                            timeout=7200)
-    if result.returncode != 0:
-        raise RuntimeError(f"{what} failed:\n{result.stderr[-2000:]}")
-    return time.perf_counter() - start, result.stdout
-
-
 def newest_sweep(uri: str) -> tuple[list, list[list[float]]]:
     """The newest sweep's runs in the store at `uri`, and each one's epoch times (training +
     validation, from its epoch_seconds and val_seconds metrics)."""
     from mlflow import MlflowClient
 
+    from mnist_lab.callbacks import children
+    from mnist_lab.tracking import metric_curve
+
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("mnist-lab").experiment_id
     parent = client.search_runs([experiment], "tags.sweep = 'true'", max_results=1,
                                 order_by=["attributes.start_time DESC"])[0]
-    children = client.search_runs([experiment],
-                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    times = []
-    for run in children:
-        curves = [sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
-                  for key in ("epoch_seconds", "val_seconds")]
-        times.append([a.value + b.value for a, b in zip(*curves)])
-    return children, times
+    runs = children(client, parent.info.run_id)
+    return runs, [[a + b for a, b in zip(metric_curve(client, r.info.run_id, "epoch_seconds"),
+                                         metric_curve(client, r.info.run_id, "val_seconds"))]
+                  for r in runs]
 
 
 def study(raw_root: Path, runs: Path, uri: str, quick: bool, on_device: str) -> dict:
@@ -237,9 +233,8 @@ def study(raw_root: Path, runs: Path, uri: str, quick: bool, on_device: str) -> 
     per_model = [[float(t) for t in re.findall(r"^epoch \d+: .* (\d+\.\d+) s$", part, re.M)]
                  for part in out.split("test accuracy")[:2]]
     result = {"notebook": scaled(seconds, per_model, concurrent=False)}
-    for name, extra in {"lab": [], "lab_parallel": [] if quick else ["launcher=parallel"]}.items():
-        if name == "lab_parallel" and quick:
-            continue
+    labs = {"lab": []} if quick else {"lab": [], "lab_parallel": ["launcher=parallel"]}
+    for name, extra in labs.items():
         seconds, _ = timed(["run.py", "experiment=notebook", *epochs, f"tracking.uri={uri}",
                             on_device, "train.progress=off", *extra,
                             f"hydra.sweep.dir={runs}/{name}"], f"{name} study")
