@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +21,7 @@ class EvalResult:
     confusion: torch.Tensor  # (classes, classes) counts, rows = true label
     predictions: torch.Tensor  # (N,) predicted class
     confidence: torch.Tensor  # (N,) softmax probability of the predicted class
-    seconds: float = 0.0  # the pass's wall time, where a caller measured it
+    seconds: float  # the pass's wall time
 
     @property
     def class_total(self) -> torch.Tensor:
@@ -40,6 +41,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              batch_size: int = EvalConf.batch_size, tta: bool = False) -> EvalResult:
     """One pass in eval mode; `tta` averages the softmax over one-pixel shifts of each image.
     The confusion matrix has a row and a column per output of the model."""
+    start = time.perf_counter()
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
@@ -59,7 +61,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return EvalResult(loss=loss_sum.item() / len(labels),
                       accuracy=(predictions == truth).double().mean().item(),
                       confusion=confusion, predictions=predictions,
-                      confidence=torch.cat(confs).cpu())
+                      confidence=torch.cat(confs).cpu(), seconds=time.perf_counter() - start)
 
 
 def report(result: EvalResult, title: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import os
 import random
-import time
 from pathlib import Path
 
 import torch
@@ -201,10 +200,8 @@ def run(cfg: DictConfig) -> float:
         fit(state, data, Recipe.from_config(cfg), callbacks)
 
         model.load_state_dict(state.best_state)
-        start = time.perf_counter()
         test = evaluate(model, data.test_images, data.test_labels, cfg.eval.batch_size,
                         tta=cfg.eval.tta)
-        test.seconds = time.perf_counter() - start
         print(f"best epoch {state.best_epoch} of {cfg.train.epochs}: the lowest val/loss "
               f"({state.best_val_loss:.4f}; * marks each new lowest); its weights are tested")
         print(report(test, f"{cfg.choices.model} on the test set"), flush=True)
