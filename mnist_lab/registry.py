@@ -46,8 +46,11 @@ def logged_model_id(client, run_id: str, uri: str | None) -> str:
     run). The run keeps its status and end time: MLflow's logging reopens it for a moment."""
     run = client.get_run(run_id)
     if not run.outputs.model_outputs:
-        log_pytorch_model(model_from_run(run_id, uri)[0], run_id)
-        client.set_terminated(run_id, run.info.status, end_time=run.info.end_time)
+        model = model_from_run(run_id, uri)[0]
+        try:
+            log_pytorch_model(model, run_id)
+        finally:  # a failed export leaves the run as it was, not FAILED by MLflow's start_run
+            client.set_terminated(run_id, run.info.status, end_time=run.info.end_time)
         run = client.get_run(run_id)
     return run.outputs.model_outputs[0].model_id
 
@@ -164,6 +167,10 @@ def register(args: argparse.Namespace) -> int:
     except ModelSourceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # the export itself (MLflow, torch): the run stays as it was
+        print(f"error: exporting run {run_id}'s model failed ({type(err).__name__}: {err}); "
+              "predict --run and evaluate --run work without it", file=sys.stderr)
+        return 1
     try:
         client.create_registered_model(args.name)
     except mlflow.exceptions.MlflowException as err:

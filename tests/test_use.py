@@ -1,6 +1,7 @@
 """Beyond the notebook: cnn_bn, augmentation, TTA, and using trained models (predict, evaluate,
 register, serve)."""
 
+import importlib
 import json
 import os
 import signal
@@ -231,6 +232,29 @@ def test_evaluate_reproduces_the_logged_accuracy(trained_run, capsys):
     out, err = capsys.readouterr()
     assert "reproduced exactly" in out
     assert "Downloading artifacts" not in err  # MLflow's progress bars stay quiet
+
+
+@pytest.mark.slow
+def test_a_failed_export_on_register_leaves_the_run_as_it_was(tiny_data, tmp_path, monkeypatch,
+                                                             capsys):
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    job.run(compose_config([*tiny_overrides(tiny_data), "tracking=local", f"tracking.uri={uri}",
+                            "plots=false", f"output_dir={tmp_path / 'out'}"]))
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist-lab").experiment_id])
+    capsys.readouterr()  # the run's own output
+
+    def full_disk(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    # the module itself: `mlflow.pytorch` is a lazy proxy that would keep the real function
+    monkeypatch.setattr(importlib.import_module("mlflow.pytorch"), "log_model", full_disk)
+    assert main(["register", "--run", run.info.run_id, "--name", "m", "--uri", uri]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exporting run" in err and "No space left" in err
+    after = client.get_run(run.info.run_id)  # not FAILED by the export's start_run
+    assert (after.info.status, after.info.end_time) == ("FINISHED", run.info.end_time)
+    assert not after.outputs.model_outputs
 
 
 def test_register_then_load_by_name(trained_run):
