@@ -102,7 +102,7 @@ def digit_grid(images: torch.Tensor, labels: torch.Tensor, predictions: torch.Te
         top, left = (i // columns) * height + caption, (i % columns) * cell + 2
         tiles[top:top + 28, left:left + 28] = images[i].cpu().numpy()
     fig = plt.figure(figsize=(columns * 1.2, rows * (1.75 if extra else 1.5) + 0.7))
-    ax = fig.add_axes((0.01, 0.01, 0.98, 1 - 0.7 / fig.get_figheight()), xticks=[], yticks=[])
+    ax = fig.add_axes((0.01, 0.01, 0.98, 1 - 0.7 / fig.get_figheight()))
     ax.imshow(tiles, cmap="gray", interpolation="nearest")
     ax.axis("off")
     for i in range(count):

@@ -189,7 +189,7 @@ def job_config(composed: DictConfig) -> DictConfig:
     with open_dict(composed):
         for group in GROUPS:
             composed.choices[group] = composed.hydra.runtime.choices[group]
-        if OmegaConf.to_container(composed)["output_dir"] == LabConfig.output_dir:
+        if OmegaConf.is_interpolation(composed, "output_dir"):  # not given: Hydra's default
             composed.output_dir = os.path.abspath(composed.hydra.run.dir)  # as Hydra makes it
         del composed["hydra"]
     return composed

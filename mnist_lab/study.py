@@ -171,7 +171,8 @@ def study_parent(config: DictConfig, name: str, tags: dict[str, str]):
 
 def settle_study(config: DictConfig, client, parent_id: str) -> int:
     """A trial whose process died (Optuna failed it: no heartbeat) left its MLflow run RUNNING:
-    mark that run KILLED, as liveness.reconcile does for any run whose process is gone. Returns how many trials other processes are still running."""
+    mark that run KILLED, as liveness.reconcile does for any run whose process is gone.
+    Returns how many trials other processes are still running."""
     from mnist_lab.callbacks import children
 
     storage = open_storage(storage_url(config.hydra.sweeper, config.tracking))
@@ -183,5 +184,3 @@ def settle_study(config: DictConfig, client, parent_id: str) -> int:
                            f"for hydra.sweeper.grace_period={config.hydra.sweeper.grace_period} s")
             client.set_terminated(run.info.run_id, "KILLED")
     return sum(state == "RUNNING" for state in states.values())
-
-
