@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from mnist_lab.cli import resume_command
 from mnist_lab.errors import ConfigError
 from mnist_lab.study import check, is_optuna_sweep, settle_study, study_parent
-from mnist_lab.tracking import PARENT_ID_FILE
+from mnist_lab.tracking import PARENT_ID_FILE, children, metric_curve
 
 SUMMARY_METRICS = ("best/val_loss", "val/acc", "test/acc", "test/loss", "best/epoch")
 
@@ -137,15 +137,6 @@ def refuse(err: ConfigError) -> None:
     sys.exit(2)
 
 
-def children(client, parent_id: str) -> list:
-    """Every run nested under the parent, oldest first."""
-    runs = client.search_runs(
-        [client.get_run(parent_id).info.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
-        order_by=["attributes.start_time ASC"], max_results=10000)
-    return list(runs)
-
-
 def summary_rows(runs: list, swept: list[str]) -> list[dict]:
     rows = []
     for run in runs:
@@ -201,7 +192,6 @@ def summarise(client, parent_id: str) -> int:
     from mnist_lab.plots import overlay
     from mnist_lab.sweep_resume import log_once
     from mnist_lab.tables import write_table
-    from mnist_lab.tracking import metric_curve
 
     runs = children(client, parent_id)
     swept = swept_keys(runs)

@@ -173,7 +173,7 @@ def settle_study(config: DictConfig, client, parent_id: str) -> int:
     """A trial whose process died (Optuna failed it: no heartbeat) left its MLflow run RUNNING:
     mark that run KILLED, as liveness.reconcile does for any run whose process is gone.
     Returns how many trials other processes are still running."""
-    from mnist_lab.callbacks import children
+    from mnist_lab.tracking import children
 
     storage = open_storage(storage_url(config.hydra.sweeper, config.tracking))
     study_id = storage.get_study_id_from_name(study_name(config.hydra.sweeper, config.hydra))

@@ -221,7 +221,7 @@ def continue_job(cfg: DictConfig, parent_id: str) -> dict | None:
     run) if it FAILED, never ran, or left no checkpoint of its own. A run replaced by a fresh
     one goes to MLflow's trash, so the sweep keeps one run per job."""
     from mnist_lab import checkpoint
-    from mnist_lab.callbacks import children
+    from mnist_lab.tracking import children
     from mnist_lab.store import connect
 
     client, _ = connect(cfg.tracking)
@@ -260,7 +260,7 @@ def retry_lost_trials(client, parent_id: str, config: DictConfig) -> None:
     import optuna
 
     from mnist_lab import study as studies
-    from mnist_lab.callbacks import children
+    from mnist_lab.tracking import children
 
     url = studies.storage_url(config.hydra.sweeper, config.tracking)
     name = studies.study_name(config.hydra.sweeper, config.hydra)

@@ -30,6 +30,15 @@ def metric_curve(client, run_id: str, key: str = "val/loss") -> list[float]:
     return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
+def children(client, parent_id: str) -> list:
+    """Every run nested under the parent, oldest first."""
+    runs = client.search_runs(
+        [client.get_run(parent_id).info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+        order_by=["attributes.start_time ASC"], max_results=10000)
+    return list(runs)
+
+
 def load_logged_config(path) -> DictConfig:
     """A run's recorded config.yaml, checked against the schema."""
     from mnist_lab.schema import LabConfig, upgrade_recorded
