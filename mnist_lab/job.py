@@ -79,7 +79,8 @@ def output_folder(cfg: DictConfig) -> Path:
 
 
 def write_outputs(out: Path, cfg: DictConfig, state: TrainingState, test, data) -> None:
-    """Everything a run leaves behind, in its output folder (MLflow logs the folder as is)."""
+    """What a run leaves behind in its output folder before its record is closed (MLflow logs
+    the folder as is); report.txt comes last, after the record (see run)."""
     from mnist_lab.tables import write_table
 
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -89,12 +90,18 @@ def write_outputs(out: Path, cfg: DictConfig, state: TrainingState, test, data) 
     write_table(rows, out / "per_class.csv", out / "per_class.md")
     stats.write_predictions(out / stats.PREDICTIONS, data.test_labels.tolist(),
                             test.predictions.tolist())  # for image-by-image comparisons
-    (out / "report.txt").write_text(report(test, f"{cfg.choices.model} on the test set") + "\n")
     if cfg.plots:  # matplotlib costs ~0.3 s to import, so only when figures are wanted
         from mnist_lab import plots
 
         plots.write_run_figures(out, figure_label(cfg), state.history, state.best_epoch, test,
                                 data.test_images, data.test_labels)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """`text` into `path` whole or not at all: written beside it, then renamed over it."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def figure_label(cfg: DictConfig) -> str:
@@ -204,9 +211,13 @@ def run(cfg: DictConfig) -> float:
                         tta=cfg.eval.tta)
         print(f"best epoch {state.best_epoch} of {cfg.train.epochs}: the lowest val/loss "
               f"({state.best_val_loss:.4f}; * marks each new lowest); its weights are tested")
-        print(report(test, f"{cfg.choices.model} on the test set"), flush=True)
+        summary = report(test, f"{cfg.choices.model} on the test set")
+        print(summary, flush=True)
         write_outputs(out, cfg, state, test, data)
-        run_tracker.finish(model, state, test, out)
+        run_tracker.finish(model, state, test, out, summary)
+        # last, once the run is FINISHED: a report on disk means the job is complete, which is
+        # what a resumed sweep takes it to mean; a kill before this redoes the job's last steps
+        write_atomic(out / "report.txt", summary + "\n")
     print(where_to_look(cfg, out, run_tracker), flush=True)
     return state.best_val_loss
 

@@ -79,7 +79,7 @@ class Tracker(Protocol):
 
     def log_epoch(self, state, metrics: dict[str, float]) -> None: ...
 
-    def finish(self, model, state, test, out: Path) -> None: ...
+    def finish(self, model, state, test, out: Path, report: str) -> None: ...
 
 
 class NoTracking:
@@ -194,12 +194,15 @@ class MlflowRun:
                                                     for k, v in metrics.items()],
                               tags=[RunTag(*heartbeat().popitem())])  # same write, no cost
 
-    def finish(self, model, state, test, out: Path) -> None:
+    def finish(self, model, state, test, out: Path, report: str) -> None:
+        """Log the test results, the output folder and `report` (report.txt, which the job
+        writes to its folder only after this), then end the run FINISHED."""
         metrics = {"test/loss": test.loss, "test/acc": test.accuracy, "test_seconds": test.seconds,
                    "best/epoch": state.best_epoch, "best/val_loss": state.best_val_loss}
         metrics.update({f"test/acc_class_{d}": a for d, a in enumerate(test.class_accuracy.tolist())})
         self.log_metrics(metrics)
         self.client.log_artifacts(self.run_id, str(out))
+        self.client.log_text(self.run_id, report + "\n", "report.txt")
         if self.cfg.tracking.log_model:
             from mnist_lab.registry import log_pytorch_model
 
