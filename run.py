@@ -15,13 +15,16 @@ import mnist_lab.schema  # noqa: F401  registers the config schemas before Hydra
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from mnist_lab.cli import run_job
+    from mnist_lab.policy import run_job
 
     return run_job(cfg)
 
 
 if __name__ == "__main__":
-    from mnist_lab.preflight import check_command_line
+    from mnist_lab.preflight import first_problem
 
-    check_command_line(sys.argv[1:])  # a bad override: one line, exit 2, no outputs/ folder
+    problem = first_problem(sys.argv[1:])  # a bad override: one line, exit 2, no outputs/ folder
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
     main()

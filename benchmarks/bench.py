@@ -209,7 +209,7 @@ def newest_sweep(uri: str) -> tuple[list, list[list[float]]]:
     validation, from its epoch_seconds and val_seconds metrics)."""
     from mlflow import MlflowClient
 
-    from mnist_lab.tracking import children, metric_curve
+    from mnist_lab.queries import children, metric_curve
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("mnist-lab").experiment_id

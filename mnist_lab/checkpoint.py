@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from mnist_lab.errors import CheckpointError, ConfigError
+from mnist_lab.errors import CheckpointError
 from mnist_lab.identity import config_key
 
 LAST = "last.ckpt"
@@ -149,32 +149,3 @@ def load_last(path: Path) -> dict:
         raise CheckpointError(f"{path}: not a resumable checkpoint (it lacks "
                               f"{', '.join(sorted(missing))}); resume=false starts afresh")
     return state
-
-
-def checkpoint_of(cfg: DictConfig, run_id: str) -> Path:
-    """The checkpoint recorded on an MLflow run, for resume=RUN_ID."""
-    if not cfg.tracking.enabled:
-        raise ConfigError(f"resume={run_id} looks the run up in MLflow, which tracking=off "
-                          "turns off; use resume=true, or turn tracking on")
-    from mnist_lab.store import connect, resolve_uri
-
-    client, _ = connect(cfg.tracking)
-    try:
-        run = client.get_run(run_id)
-    except Exception:
-        raise ConfigError(f"resume={run_id}: no such run in {resolve_uri(cfg.tracking)}") from None
-    path = run.data.tags.get("checkpoint.path")
-    if not path or not Path(path).is_file():
-        raise ConfigError(f"resume={run_id}: the run has no checkpoint on this machine "
-                          f"({path or 'none recorded'})")
-    return Path(path)
-
-
-def finished(cfg: DictConfig, run_id: str) -> bool:
-    """Whether a checkpoint's MLflow run ended FINISHED, so resuming it has nothing to do."""
-    from mnist_lab.store import connect
-
-    try:
-        return connect(cfg.tracking)[0].get_run(run_id).info.status == "FINISHED"
-    except Exception:  # not in this store: the resume decides what to do with it
-        return False

@@ -1,142 +1,15 @@
-"""Entry points: `run_job` behind run.py, and the `mnist-lab` console script's subcommands."""
+"""The `mnist-lab` console script: its subcommands, and the one line a refused command prints.
+
+run.py's body is `policy.run_job`; these commands read (and `rerun` repeats) what it logged.
+"""
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import shlex
-import shutil
 import sys
-from contextlib import contextmanager, redirect_stdout, suppress
-from pathlib import Path
 
-from omegaconf import DictConfig
-
-from mnist_lab.errors import DivergedError, LabError, TrackingError, TrialPruned
-from mnist_lab.limits import validate
-
-WORST_OBJECTIVE = math.inf  # what a sweeper sees for a failed job (the objective is minimised)
-
-
-def is_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def run_job(cfg: DictConfig) -> float:
-    """run.py's body: `job.run`, with its failures turned into what the user sees. Known input
-    errors end a single run with one line and exit status 2; in a sweep, a failed job is
-    recorded FAILED, reported and scored as the worst objective so the others go on. A stop
-    signal ends a single run, or a whole sweep, with 130 or 143."""
-    from mnist_lab import stopping
-
-    if is_multirun():
-        stopping.guard_worker()  # a worker process between jobs, too, stops quietly
-    try:
-        validate(cfg)  # before torch and MLflow are even imported: a typo answers at once
-        from mnist_lab.job import run
-
-        with output_in_run_log():
-            return run(cfg)
-    except TrialPruned as pruned:  # the Optuna sweeper reads it from the job's return
-        print(f"Optuna trial {pruned}", file=sys.stderr)
-        raise
-    except KeyboardInterrupt:
-        if is_multirun():
-            stopping.stop_sweep()  # the launcher says how to continue, once
-        print(f"\ninterrupted: {resume_hint(cfg)}", file=sys.stderr)
-        sys.exit(stopping.exit_status())
-    except LabError as err:
-        if is_multirun():
-            print(f"job failed: {err}", file=sys.stderr)
-            if not isinstance(err, TrackingError):
-                from mnist_lab.tracking import record_failed_job
-
-                record_failed_job(cfg, err)
-            return WORST_OBJECTIVE
-        discard_refused_run_folder()
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except DivergedError as err:  # the FAILED run keeps the traceback; the user needs one line
-        if is_multirun():
-            print(f"job failed: {err}", file=sys.stderr)
-            return WORST_OBJECTIVE
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    except Exception as err:
-        if not is_multirun():
-            raise
-        print(f"job failed: {err.__class__.__name__}: {err}", file=sys.stderr)
-        from mnist_lab.tracking import record_failed_job
-
-        record_failed_job(cfg, err)  # unless its run recorded it already
-        return WORST_OBJECTIVE
-
-
-class CopyTo:
-    """A text stream that also appends what it is given to a file."""
-
-    def __init__(self, stream, file):
-        self.stream, self.file = stream, file
-
-    def write(self, text: str) -> int:
-        self.file.write(text)
-        return self.stream.write(text)
-
-    def flush(self) -> None:
-        self.file.flush()
-        self.stream.flush()
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
-
-@contextmanager
-def output_in_run_log():
-    """What a run prints also goes to its Hydra run.log (beside Hydra's own log records)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        yield
-        return
-    hydra = HydraConfig.get()
-    path = Path(hydra.runtime.output_dir) / f"{hydra.job.name}.log"
-    with open(path, "a") as log, redirect_stdout(CopyTo(sys.stdout, log)):
-        yield
-
-
-def discard_refused_run_folder() -> None:
-    """Hydra makes a run's outputs/DATE/TIME folder before the config is checked; a refused
-    run removes it again, when nothing but Hydra's .hydra/ and run.log is in it."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return
-    out = Path(HydraConfig.get().runtime.output_dir)
-    if out.is_dir() and out != Path.cwd() and {p.name for p in out.iterdir()} <= {
-            ".hydra", f"{HydraConfig.get().job.name}.log"}:
-        shutil.rmtree(out)
-        if out.parent.parent.name == "outputs":  # the day's folder, if this was its only run
-            with suppress(OSError):
-                out.parent.rmdir()
-
-
-def resume_hint(cfg: DictConfig) -> str:
-    from mnist_lab.tracking import hydra_context
-
-    if not cfg.checkpoint.enabled:
-        return "checkpoint.enabled=false, so there is nothing to resume"
-    return f"the last complete epoch is kept; continue with\n  {resume_command(hydra_context()[0])}"
-
-
-def resume_command(overrides: list[str], sweep: bool = False) -> str:
-    """The command that continues a stopped run (or sweep) given these overrides, `resume=true`
-    in place of any `resume=`, quoted for the shell: a value with a space survives the paste."""
-    kept = [o for o in overrides if o.partition("=")[0].lstrip("+~") != "resume"]
-    return shlex.join(["python", "run.py", *(["-m"] if sweep else []), *kept, "resume=true"])
+from mnist_lab.errors import LabError
 
 
 def rerun(args: argparse.Namespace) -> int:
@@ -144,10 +17,10 @@ def rerun(args: argparse.Namespace) -> int:
     files go where run.py's would (not into the folder the recorded `output_dir` names)."""
     from mnist_lab.job import run
     from mnist_lab.preflight import compose_job
+    from mnist_lab.schema import load_logged_config
     from mnist_lab.store import client_for
-    from mnist_lab.tracking import load_logged_config
 
-    client = client_for(args.uri, args.experiment)
+    client = client_for(args.uri)
     try:
         original = client.get_run(args.run_id)
         path = client.download_artifacts(args.run_id, "config.yaml")
@@ -211,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command != "bench":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.options = extra  # bench parses its own options
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except LabError as err:  # a store that isn't there, a value out of range: one line
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 def dashboard(args: argparse.Namespace) -> int:

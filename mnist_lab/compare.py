@@ -12,13 +12,12 @@ first (the sweep's first value): test accuracy, per class and best val loss, wit
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
+from mnist_lab.comparison import compare_stats, stats_key
 from mnist_lab.errors import ConfigError
+from mnist_lab.queries import finished_with_test, metric_curve, sweeps
 
 COLUMNS = ("run", "model", "optim", "lr", "dropout", "init", "best_val_loss", "test_acc",
            "weakest_class", "wall_s")
@@ -65,16 +64,14 @@ def find_runs(client, experiment: str, parent: str | None, last: bool,
         return runs, f"runs {', '.join(run_ids)}"
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise SystemExit(f"no experiment named {experiment!r} in this store; train a run first "
-                         "(python run.py) or pass --experiment")
+        raise ConfigError(f"no experiment named {experiment!r} in this store; train a run first "
+                          "(python run.py) or pass --experiment")
     ids = [exp.experiment_id]
     if last:
-        from mnist_lab.sweep_resume import last_active
-
-        sweeps = client.search_runs(ids, "tags.sweep = 'true'", max_results=10000)
-        if not sweeps:
-            raise SystemExit(f"no sweep in experiment {experiment!r}; run one with -m first")
-        parent = max(sweeps, key=last_active).info.run_id  # a resumed sweep is the newest
+        found = sweeps(client, ids)  # a resumed sweep counts from its resume
+        if not found:
+            raise ConfigError(f"no sweep in experiment {experiment!r}; run one with -m first")
+        parent = found[0].info.run_id
     if parent:
         runs = client.search_runs(ids, f"tags.`mlflow.parentRunId` = '{parent}'",
                                   max_results=10000)
@@ -108,123 +105,11 @@ def format_table(rows: list[dict]) -> str:
 def write_outputs(client, runs: list, rows: list[dict], out: Path, title: str) -> None:
     from mnist_lab import plots
     from mnist_lab.tables import write_table
-    from mnist_lab.tracking import metric_curve
 
     out.mkdir(parents=True, exist_ok=True)
     write_table(rows, out / "compare.csv", out / "compare.md")
     curves = {run.info.run_name: metric_curve(client, run.info.run_id) for run in runs}
     plots.overlay(curves, out / "compare_val_loss.png", "val/loss", title)
-
-
-# --- is the difference real? -------------------------------------------------------------------
-def finished(runs: list) -> list:
-    return [r for r in runs if r.info.status == "FINISHED" and "test/acc" in r.data.metrics]
-
-
-def group_by(runs: list, key: str) -> dict[str, list]:
-    """Runs by their value of `key` (a param; `run`: each run alone); groups in the order of
-    their first run, so the first is the baseline."""
-    groups: dict[str, list] = {}
-    for run in runs:
-        value = run.info.run_name if key == "run" else run.data.params.get(key)
-        if value is not None:
-            groups.setdefault(value, []).append(run)
-    return groups
-
-
-def stats_key(runs: list, by: str | None, by_id: bool) -> str:
-    """The key to group `runs` (finished) by: `by`, else the one key their overrides vary
-    besides seed, else model.name; each run alone when ids were given and nothing else splits
-    them. ConfigError when the key leaves fewer than two groups."""
-    from mnist_lab.callbacks import swept_keys
-
-    if not runs:
-        raise ConfigError("--stats: no finished run with a test accuracy to compare")
-    varied = [k for k in swept_keys(runs) if k != "seed"]
-    key = by or (varied[0] if len(varied) == 1 else "model.name")
-    if by is None and by_id and len(group_by(runs, key)) < 2:
-        key = "run"
-    groups = group_by(runs, key)
-    if len(groups) < 2:
-        params = set().union(*(r.data.params for r in runs))
-        differ = sorted(k for k in params if len({r.data.params.get(k) for r in runs}) > 1)
-        found = f"all {len(runs)} finished runs have {key}={next(iter(groups))}" if groups else (
-            f"no finished run has the param {key}")
-        raise ConfigError(f"--by {key}: {found}, so there is nothing to compare; params that "
-                          f"differ between these runs: {', '.join(differ) or 'none'}")
-    return key
-
-
-def run_record(client, run, folder: Path):
-    """A run's seed, metrics and test predictions (None when it kept none) for `stats`."""
-    from mnist_lab.stats import PREDICTIONS, RunRecord, read_predictions
-
-    labels = predictions = None
-    into = folder / run.info.run_id
-    into.mkdir(parents=True)
-    try:
-        path = client.download_artifacts(run.info.run_id, PREDICTIONS, str(into))
-        labels, predictions = read_predictions(path)
-    except Exception:  # a run from before predictions were kept: its metrics still compare
-        pass
-    return RunRecord(run.info.run_name, int(run.data.params.get("seed", -1)),
-                     dict(run.data.metrics), labels, predictions)
-
-
-@contextmanager
-def quiet_downloads():
-    """No MLflow progress bar per downloaded file (one per run would bury the answer)."""
-    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR as bar
-
-    before = os.environ.get(bar.name)
-    os.environ[bar.name] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(bar.name)
-        else:
-            os.environ[bar.name] = before
-
-
-def compare_stats(client, runs: list, key: str, out: Path | None = None) -> list[str]:
-    """Each group of finished `runs` by `key` against the first; returns the lines to print,
-    and writes comparison.csv/.md and comparison.png into `out` when given."""
-    from mnist_lab import stats
-    from mnist_lab.callbacks import swept_keys
-
-    groups = group_by(finished(runs), key)
-    with tempfile.TemporaryDirectory() as tmp, quiet_downloads():
-        records = {value: [run_record(client, r, Path(tmp)) for r in members]
-                   for value, members in groups.items()}
-    (baseline, baseline_runs), *others = records.items()
-    comparisons = [stats.compare_groups(key, baseline, baseline_runs, value, members)
-                   for value, members in others]
-    lines = [line for c in comparisons for line in stats.summary_lines(c)]
-    mixed = [k for k in swept_keys(finished(runs)) if k not in (key, "seed")]
-    if mixed and key != "run":
-        lines.append(f"  note: the runs also differ in {', '.join(mixed)}; each group mixes them")
-    without = [r.name for members in records.values() for r in members if r.labels is None]
-    if without:
-        lines.append(f"  no {stats.PREDICTIONS} on {len(without)} run(s) (logged before runs "
-                     f"kept them): no image-level test for those")
-    if out is not None:
-        write_comparison(comparisons, lines, out)
-    return lines
-
-
-def write_comparison(comparisons: list, lines: list[str], out: Path) -> None:
-    from mnist_lab import plots, stats
-    from mnist_lab.tables import write_table
-
-    out.mkdir(parents=True, exist_ok=True)
-    rows = [row for c in comparisons for row in stats.table_rows(c)]
-    write_table(rows, out / "comparison.csv", out / "comparison.md")
-    table = (out / "comparison.md").read_text()
-    (out / "comparison.md").write_text("# Is the difference real?\n\n```\n" + "\n".join(lines)
-                                       + "\n```\n\n" + table)
-    plots.intervals(stats.figure_panels(comparisons), out / "comparison.png",
-                    "difference in test accuracy (percentage points), 95% interval")
 
 
 def compare(args: argparse.Namespace) -> int:
@@ -236,10 +121,11 @@ def compare(args: argparse.Namespace) -> int:
     if args.by and not args.stats:
         print(f"error: --by {args.by} groups runs for --stats; add --stats", file=sys.stderr)
         return 2
-    client = client_for(args.uri, args.experiment)
+    client = client_for(args.uri)
     try:
         runs, scope = find_runs(client, args.experiment, args.parent, args.last, args.run_ids)
-        key = stats_key(finished(runs), args.by, bool(args.run_ids)) if args.stats else None
+        key = (stats_key(finished_with_test(runs), args.by, bool(args.run_ids)) if args.stats
+               else None)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -8,7 +8,6 @@ and the MLflow run name (`run_name`). Torch-free, so run.py can use it before an
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -57,24 +56,10 @@ def config_key(cfg: DictConfig) -> str:
     return hashlib.sha256(repr(kept).encode()).hexdigest()[:16]
 
 
-def sweep_fixed_keys() -> set[str]:
-    """The keys this sweep's command line set to one value for every job (multirun.yaml)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return set()
-    path = Path(HydraConfig.get().sweep.dir) / "multirun.yaml"
-    given = OmegaConf.load(path).hydra.overrides.task if path.is_file() else []
-    return {o.partition("=")[0].lstrip("+~") for o in given
-            if not any(c in o.partition("=")[2] for c in ",(")}  # not `a,b` nor `range(...)`
-
-
-def run_name(cfg: DictConfig, overrides: list[str], fixed_keys: set[str] | None = None) -> str:
+def run_name(cfg: DictConfig, overrides: list[str], fixed_keys: frozenset[str] = frozenset()) -> str:
     """What this run was given, swept values first so a sweep's children read apart in the
     UI's narrow name column, then model, optimizer, lr and dropout, then what a sweep fixed for
     all its runs: `lr0.003-cnn-adam-p0.2-epochs5`."""
-    fixed_keys = sweep_fixed_keys() if fixed_keys is None else fixed_keys
     base = {"model": cfg.choices.model, "optim": cfg.choices.optim,
             "optim.lr": f"lr{cfg.optim.lr:g}", "dropout.p": f"p{cfg.dropout.p:g}"}
     swept, fixed = [], []

@@ -13,15 +13,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import checkpoint, stats, store, tracking
 from mnist_lab.checkpoint import TrainingState, save_every_epoch
+from mnist_lab.context import JobContext
 from mnist_lab.data import load_mnist, split_seed
-from mnist_lab.errors import ConfigError
 from mnist_lab.evaluate import evaluate, report
 from mnist_lab.identity import config_key, run_name
-from mnist_lab.limits import fail, validate
 from mnist_lab.models import build_model, count_parameters
-from mnist_lab.pruning import trial_hook
-from mnist_lab.stopping import stop_signals
 from mnist_lab.loop import Recipe, fit, print_epoch
+from mnist_lab.pruning import trial_hook
+from mnist_lab.resume import Resume, find_resume
+from mnist_lab.stopping import stop_signals
+from mnist_lab.sweep_resume import continue_job
+from mnist_lab.validation import fail, validate
 
 
 def pick_device(name: str) -> torch.device:
@@ -30,14 +32,10 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def job_threads(cfg: DictConfig) -> int:
+def job_threads(cfg: DictConfig, launcher: str | None) -> int:
     """torch threads for this job: the config's, else a fair share of the cores in a sweep."""
-    from hydra.core.hydra_config import HydraConfig
-
     if cfg.threads:
         return cfg.threads
-    launcher = (HydraConfig.get().runtime.choices.get("hydra/launcher")
-                if HydraConfig.initialized() else None)
     if launcher in ("submitit_slurm", "submitit_local"):  # a job per task: its own cores
         return cfg.launcher.cpus_per_task
     if cfg.launcher.n_jobs > 1:
@@ -78,7 +76,8 @@ def output_folder(cfg: DictConfig) -> Path:
     return out
 
 
-def write_outputs(out: Path, cfg: DictConfig, state: TrainingState, test, data) -> None:
+def write_outputs(out: Path, cfg: DictConfig, ctx: JobContext, state: TrainingState, test,
+                  data) -> None:
     """What a run leaves behind in its output folder before its record is closed (MLflow logs
     the folder as is); report.txt comes last, after the record (see run)."""
     from mnist_lab.tables import write_table
@@ -93,7 +92,7 @@ def write_outputs(out: Path, cfg: DictConfig, state: TrainingState, test, data) 
     if cfg.plots:  # matplotlib costs ~0.3 s to import, so only when figures are wanted
         from mnist_lab import plots
 
-        plots.write_run_figures(out, figure_label(cfg), state.history, state.best_epoch, test,
+        plots.write_run_figures(out, figure_label(cfg, ctx), state.history, state.best_epoch, test,
                                 data.test_images, data.test_labels)
 
 
@@ -104,48 +103,14 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def figure_label(cfg: DictConfig) -> str:
+def figure_label(cfg: DictConfig, ctx: JobContext = JobContext()) -> str:
     """The run's name, then epochs, batch size and data.limit where the name does not say them."""
-    name = run_name(cfg, tracking.hydra_context()[0])
+    name = run_name(cfg, ctx.overrides, ctx.fixed_keys)
     extra = [(f"epochs{cfg.train.epochs}", f"{cfg.train.epochs} epochs"),
              (f"batch_size{cfg.train.batch_size}", f"batch {cfg.train.batch_size}")]
     if cfg.data.limit:
         extra.append((f"limit{cfg.data.limit}", f"{cfg.data.limit} training images"))
     return ", ".join([name, *(text for token, text in extra if token not in name.split("-"))])
-
-
-def find_resume(cfg: DictConfig) -> dict | None:
-    """The checkpoint `resume` asks for, loaded and matched to this config, or None. A job of
-    a resumed sweep asks its earlier run in the sweep instead (see sweep_resume)."""
-    if cfg.resume is False or cfg.resume == "false":
-        return None
-    _, parent_id = tracking.hydra_context()
-    if parent_id:  # resume= named the sweep, not this job's run
-        from mnist_lab.sweep_resume import continue_job
-
-        return continue_job(cfg, parent_id)
-    if cfg.resume is True or cfg.resume == "true":
-        path = checkpoint.folder_for(cfg) / checkpoint.LAST
-        if not path.is_file():
-            from mnist_lab.cli import is_multirun
-
-            if is_multirun():  # continuing a stopped sweep: this job had not started yet
-                print(f"resume=true: no checkpoint for this config yet at {path}; starting it")
-                return None
-            raise ConfigError(f"resume=true: no checkpoint for this config at {path}; run it "
-                              "without resume first, or pass resume=RUN_ID")
-    else:
-        path = checkpoint.checkpoint_of(cfg, str(cfg.resume))
-    state = checkpoint.load_last(path)
-    if state.get("config_key") != config_key(cfg):
-        raise ConfigError(f"resume={cfg.resume}: the checkpoint {path} was made with another "
-                          f"config ({state.get('overrides') or 'no overrides'}); pass the same "
-                          "overrides to continue it")
-    if state.get("run_id") and cfg.tracking.enabled and checkpoint.finished(cfg, state["run_id"]):
-        print(f"run {state['run_id']} is complete (FINISHED); resuming it has nothing to do")
-        return {**state, "complete": True}
-    print(f"resuming from {path} after epoch {state['epoch']}")
-    return state
 
 
 def stop_check(received: list[int]):
@@ -157,20 +122,24 @@ def stop_check(received: list[int]):
     return check
 
 
-def run(cfg: DictConfig) -> float:
-    """Train and evaluate one configuration; return the best validation loss (the objective)."""
-    validate(cfg)
+def run(cfg: DictConfig, ctx: JobContext = JobContext()) -> float:
+    """Train and evaluate one configuration in the job `ctx`; return the best validation loss
+    (the objective)."""
+    validate(cfg)  # once per process: at once if the caller checked it already
     store.check_store(cfg.tracking)  # file checks only: a read-only store answers at once
-    resume_state = find_resume(cfg)
+    if ctx.parent_id and Resume.of(cfg).wanted:  # resume= named the sweep, not this job's run
+        resume_state = continue_job(cfg, ctx)
+    else:
+        resume_state = find_resume(cfg, ctx)
     if resume_state and resume_state.get("complete"):
         return resume_state["best_val_loss"]  # a finished job of a resumed sweep: untouched
     # inputs before the store: opening MLflow takes seconds, a bad data file answers in one
     data = load_mnist(cfg.data.root, cfg.data.val_size, split_seed(cfg), cfg.data.limit,
                       cfg.data.download, cfg.data.verify)
     out = output_folder(cfg)
-    run_tracker = tracking.open_run(cfg)
+    run_tracker = tracking.open_run(cfg, ctx)
     with run_tracker, stop_signals() as received:
-        threads = job_threads(cfg)
+        threads = job_threads(cfg, ctx.launcher)
         if threads:
             torch.set_num_threads(threads)
         # Adam's moments for always-zero inputs (MNIST's blank borders) decay into denormal
@@ -186,7 +155,7 @@ def run(cfg: DictConfig) -> float:
         if resume_state:
             state.restore(resume_state)
         last = checkpoint.folder_for(cfg) / checkpoint.LAST if cfg.checkpoint.enabled else None
-        trial = trial_hook(cfg)  # None unless this job is a trial of the Optuna sweeper
+        trial = trial_hook(cfg, ctx)  # None unless this job is a trial of the Optuna sweeper
         run_tracker.start(model=model, data=data, device=device, checkpoint=last,
                           resume_run_id=state.identity.get("run_id"),
                           tags=trial.tags if trial else None)
@@ -197,7 +166,7 @@ def run(cfg: DictConfig) -> float:
               f"{len(data.test_images):,} test images, device {device}", flush=True)
 
         state.identity = {"run_id": run_tracker.run_id, "config_key": config_key(cfg),
-                          "overrides": " ".join(tracking.hydra_context()[0])}
+                          "overrides": " ".join(ctx.overrides)}
         # after each epoch, in this order: a kill between two steps loses nothing that resume
         # (which catches the store up from the checkpoint) cannot restore
         callbacks = [save_every_epoch(last)] if last else []
@@ -213,7 +182,7 @@ def run(cfg: DictConfig) -> float:
               f"({state.best_val_loss:.4f}; * marks each new lowest); its weights are tested")
         summary = report(test, f"{cfg.choices.model} on the test set")
         print(summary, flush=True)
-        write_outputs(out, cfg, state, test, data)
+        write_outputs(out, cfg, ctx, state, test, data)
         run_tracker.finish(model, state, test, out, summary)
         # last, once the run is FINISHED: a report on disk means the job is complete, which is
         # what a resumed sweep takes it to mean; a kill before this redoes the job's last steps

@@ -2,20 +2,19 @@
 
 Hydra reports its own errors (an unknown option, a misspelt key, a wrong type, an override it
 cannot parse) in several lines with exit status 1, and it creates the job's outputs/DATE/TIME
-folder before the task function could refuse a bad value. `check_command_line` composes the
-same config first, with Hydra's compose API, and validates it: a problem is one line on stderr,
-exit status 2, and nothing is created. A sweep is composed job by job, as the basic sweeper
-expands it: refused if a job does not compose (Hydra would stop halfway) or if no job passes
-`validate`; when only some do, it runs and the others are recorded FAILED (cli.run_job).
+folder before the task function could refuse a bad value. `first_problem` composes the same
+config first, with Hydra's compose API, and validates it: run.py prints a problem in one line on
+stderr and exits with status 2, and nothing is created. A sweep is composed job by job, as the
+basic sweeper expands it: refused if a job does not compose (Hydra would stop halfway) or if no job passes
+`validate`; when only some do, it runs and the others are recorded FAILED (policy.run_job).
 """
 
 from __future__ import annotations
 
 import re
-import sys
 
 from mnist_lab.errors import ConfigError
-from mnist_lab.limits import unknown_key, validate
+from mnist_lab.validation import unknown_key, validate
 from mnist_lab.schema import PROJECT_ROOT, job_config
 
 GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
@@ -23,14 +22,6 @@ MOST_COMMAS = 1000  # Hydra parses a list in quadratic time: 10,000 values take 
 MOST_JOBS_CHECKED = 100  # a bigger sweep's later jobs are checked as they start
 TYPE_NAMES = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false",
               "String": "a text"}
-
-
-def check_command_line(argv: list[str]) -> None:
-    """Exit with status 2 and one line if the command line can't give a job that runs."""
-    problem = first_problem(argv)
-    if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
 
 
 def first_problem(argv: list[str]) -> str | None:

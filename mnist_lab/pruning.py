@@ -1,19 +1,17 @@
 """The per-epoch step of a job that is an Optuna trial: report `val/loss`, stop if told to.
 
 The sweeper (hydra_plugins/mnist_lab_optuna_sweeper) hands each job its study's name and trial
-number through the environment; the storage and pruner come from the job's own config
-(`hydra.sweeper`, `tracking`), so nothing is added to the user's config. Outside such a sweep
-`trial_hook` gives None and the loop runs as always.
+number through the environment, which the job's context reads; the storage and pruner come from
+the job's own config (`hydra.sweeper`, `tracking`), so nothing is added to the user's config.
+Outside such a sweep `trial_hook` gives None and the loop runs as always.
 """
 
 from __future__ import annotations
 
-import os
-
 from omegaconf import DictConfig
 
+from mnist_lab.context import JobContext
 from mnist_lab.errors import TrialPruned
-from mnist_lab.study import STUDY_ENV, TRIAL_ENV
 
 OBJECTIVE = "val/loss"  # what each epoch reports; run.py's objective is its best value
 
@@ -34,23 +32,18 @@ class ReportToTrial:
             raise TrialPruned(state.epoch)
 
 
-def trial_hook(cfg: DictConfig) -> ReportToTrial | None:
+def trial_hook(cfg: DictConfig, ctx: JobContext) -> ReportToTrial | None:
     """The hook for this job's trial, or None when the job is not one."""
-    number = os.environ.get(TRIAL_ENV)
-    if number is None:
+    if ctx.trial is None:
         return None
     import optuna
-    from hydra.core.hydra_config import HydraConfig
     from hydra.utils import instantiate
 
     from mnist_lab import study as studies
 
-    hydra = HydraConfig.get()
-    url = studies.storage_url(hydra.sweeper, cfg.tracking)
-    name = os.environ[STUDY_ENV]
-    storage = studies.open_storage(url)
-    study = optuna.load_study(study_name=name, storage=storage,
-                              pruner=instantiate(hydra.sweeper.pruner))
+    storage = studies.open_storage(studies.storage_url(ctx.sweeper, cfg.tracking))
+    study = optuna.load_study(study_name=ctx.trial.study_name, storage=storage,
+                              pruner=instantiate(ctx.sweeper.pruner))
     trial_id = storage.get_trial_id_from_study_id_trial_number(
-        storage.get_study_id_from_name(name), int(number))
+        storage.get_study_id_from_name(ctx.trial.study_name), ctx.trial.number)
     return ReportToTrial(optuna.trial.Trial(study, trial_id), cfg.train.epochs)

@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab.store import client_for
-from mnist_lab.tracking import load_logged_config
+from mnist_lab.schema import load_logged_config
 
 
 def log_pytorch_model(model, run_id: str) -> None:

@@ -1,7 +1,7 @@
 """Typed config schemas, registered in Hydra's ConfigStore.
 
 Types and key names are enforced by OmegaConf when Hydra composes (a misspelt key or a string
-where a number belongs fails there); `validate` (mnist_lab/limits.py) then checks values, so
+where a number belongs fails there); `validate` (mnist_lab/validation.py) then checks values, so
 every bad config fails before any data is read or any MLflow run is created. Importing this
 module must stay cheap: it runs on every `python run.py --help`.
 """
@@ -289,5 +289,9 @@ def register() -> None:
             cs.store(name=f"schema_{group}_{name}", node=node)
 
 
-register()
+def load_logged_config(path) -> DictConfig:
+    """A run's recorded config.yaml, checked against the schema."""
+    return OmegaConf.merge(OmegaConf.structured(LabConfig), upgrade_recorded(OmegaConf.load(path)))
 
+
+register()

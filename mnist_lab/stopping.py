@@ -5,15 +5,15 @@ KILLED. A sweep's launching process is guarded from its first job to its end (`g
 up by the sweep callback): a signal there, or a job stopped by one, stops every worker process the
 launcher started (psutil), and the launcher exits 130 (SIGINT) or 143 (SIGTERM) with one line
 saying how to continue; the callback's exit hook then marks what is still RUNNING KILLED. A worker
-whose job was stopped ends at once and leaves the report to the launcher.
+whose job was stopped ends at once and leaves the report to the launcher. How a sweep's process
+ends is the failure policy's (`policy.stop_sweep`); this module only catches the signals.
 """
 
 from __future__ import annotations
 
-import os
 import signal
-import sys
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 
 EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as shells report
@@ -21,6 +21,7 @@ WORKER_GRACE_SECONDS = 30  # for a stopped worker to close its run; then it is k
 
 received: list[int] = []  # every stop signal this process got, in order
 _sweep_hint: str | None = None  # set in a sweep's launching process only
+_on_stop: Callable[[], None] | None = None  # what a stop signal does in a sweep's processes
 
 
 def exit_status() -> int:
@@ -58,10 +59,11 @@ def stop_signals():
             signal.signal(signum, handler)
 
 
-def guard_sweep(hint: str) -> None:
-    """In a sweep's launching process: a stop signal from now on stops the whole sweep."""
-    global _sweep_hint
-    _sweep_hint = hint
+def guard_sweep(hint: str, on_stop: Callable[[], None]) -> None:
+    """In a sweep's launching process: a stop signal from now on stops the whole sweep, by
+    `on_stop` (the failure policy's `stop_sweep`)."""
+    global _sweep_hint, _on_stop
+    _sweep_hint, _on_stop = hint, on_stop
     _install(_stop_on_first)
 
 
@@ -69,31 +71,22 @@ def _stop_on_first(signum, frame) -> None:
     """Stop the sweep on the first stop signal; a later one (the launcher's SIGTERM after a
     terminal's SIGINT reached everyone) must not cut short the cleanup the first one began."""
     received.append(signum)
-    if len(received) == 1:
-        stop_sweep()
+    if len(received) == 1 and _on_stop is not None:
+        _on_stop()
 
 
-def guard_worker() -> None:
+def guard_worker(on_stop: Callable[[], None]) -> None:
     """In a sweep's worker process (joblib, submitit): a stop signal that comes between jobs
     ends it quietly, like one during a job, instead of with a traceback."""
+    global _on_stop
     if _sweep_hint is None:
+        _on_stop = on_stop
         _install(_stop_on_first)
 
 
-def stop_sweep():
-    """End this sweep process after a stop signal (its own run, if any, is closed already).
-
-    A worker ends at once, silently: the launcher reports. The launcher stops its workers first,
-    then prints how to continue and exits 130 or 143 (SystemExit, so exit hooks still run)."""
-    code = exit_status()
-    if _sweep_hint is None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    stop_workers()
-    name = signal.Signals(received[-1] if received else signal.SIGINT).name
-    print(f"\ninterrupted by {name}: {_sweep_hint}", file=sys.stderr, flush=True)
-    raise SystemExit(code)
+def sweep_hint() -> str | None:
+    """How to continue the sweep; None outside a sweep's launching process (in a worker)."""
+    return _sweep_hint
 
 
 def stop_workers() -> None:

@@ -73,14 +73,14 @@ def store_lock(uri: str):
         yield
 
 
-def connect(tracking: DictConfig):
-    """A client on a checked store and the experiment's id; raises TrackingError fast. It also
-    sets MLflow's global tracking URI, which the fluent calls read (the model export's
+def open_client(uri: str, create: bool):
+    """A client on the checked store `uri`. `create`: a local database is made on first use;
+    otherwise it must exist already (a read never creates a store). Raises TrackingError fast.
+    It also sets MLflow's global tracking URI, which the fluent calls read (the model export's
     `start_run(run_id=...)`, `mlflow.pytorch.load_model` of a `models:/` URI)."""
     import mlflow
     from mlflow import MlflowClient
 
-    uri = resolve_uri(tracking)
     hint = "set tracking.uri (or MLFLOW_TRACKING_URI) to a reachable store, or use tracking=off"
     if uri.startswith(("http://", "https://")):
         import requests
@@ -91,30 +91,44 @@ def connect(tracking: DictConfig):
             raise TrackingError(f"MLflow server {uri} is unreachable ({err.__class__.__name__}); "
                                 f"start it or {hint}") from None
     elif uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        db = Path(uri[len("sqlite:///"):])
+        if create:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        elif not db.is_file():
+            raise TrackingError(f"no MLflow store at {db}: nothing has been logged there yet; "
+                                "train a run first (python run.py) or pass --uri")
     elif "://" not in uri and not uri.startswith("databricks"):
         raise TrackingError(f"tracking.uri={uri!r} is not a URI (sqlite:///path.db, "
                             f"http://host:port, postgresql://...); {hint}")
     mlflow.set_tracking_uri(uri)
     try:
         with store_lock(uri):
-            client = MlflowClient(uri)  # opens the store: a corrupt file fails here
-            experiment = client.get_experiment_by_name(tracking.experiment)
-        if experiment is not None:
-            return client, experiment.experiment_id
-        location = None
-        if uri.startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
-            db = Path(uri[len("sqlite:///"):])
-            location = (db.parent / "artifacts" / tracking.experiment).resolve().as_uri()
-        try:
-            return client, client.create_experiment(tracking.experiment, location)
-        except mlflow.exceptions.MlflowException:  # another job created it a moment ago
-            return client, client.get_experiment_by_name(tracking.experiment).experiment_id
-    except TrackingError:
-        raise
+            client = MlflowClient(uri)
+            client.search_experiments(max_results=1)  # opens the store: a corrupt file fails here
+        return client
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TrackingError(f"MLflow store {uri} failed: {reason}; {hint}") from None  # no SQL
+
+
+def connect(tracking: DictConfig):
+    """A client on a checked store and the experiment's id, both created on first use (a run
+    writes: this is its way in); raises TrackingError fast."""
+    import mlflow
+
+    uri = resolve_uri(tracking)
+    client = open_client(uri, create=True)
+    experiment = client.get_experiment_by_name(tracking.experiment)
+    if experiment is not None:
+        return client, experiment.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
+        db = Path(uri[len("sqlite:///"):])
+        location = (db.parent / "artifacts" / tracking.experiment).resolve().as_uri()
+    try:
+        return client, client.create_experiment(tracking.experiment, location)
+    except mlflow.exceptions.MlflowException:  # another job created it a moment ago
+        return client, client.get_experiment_by_name(tracking.experiment).experiment_id
 
 
 def ui_url(tracking: DictConfig, page: str) -> str:
@@ -132,6 +146,7 @@ def uri_option(tracking: DictConfig) -> str:
     return f" --uri {shlex.quote(tracking.uri)}" if tracking.uri else ""
 
 
-def client_for(uri: str | None, experiment: str = "mnist-lab"):
-    """A client on the store run.py would use (or `uri`), for the mnist-lab commands."""
-    return connect(OmegaConf.create({"uri": uri, "experiment": experiment}))[0]
+def client_for(uri: str | None):
+    """A client on the store run.py would use (or `uri`), for the mnist-lab commands; a read
+    that finds no store says so, and creates none."""
+    return open_client(resolve_uri(OmegaConf.create({"uri": uri})), create=False)

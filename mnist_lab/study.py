@@ -1,6 +1,6 @@
 """The Optuna study behind `hydra/sweeper=optuna`: where it lives, its name, its trial budget.
 
-The sweeper (hydra_plugins/mnist_lab_optuna_sweeper), the sweep callback (the MLflow parent) and
+The sweeper (hydra_plugins/mnist_lab_optuna_sweeper), the sweep module (the MLflow parent) and
 each trial's job (the pruning hook) all open the same study from the same config, so these rules
 have one home here. A study always lives in a database, never in memory: `hydra.sweeper.storage`
 when set, else `optuna.db` beside the local MLflow store, so a sweep that is stopped continues
@@ -17,10 +17,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from mnist_lab.errors import ConfigError
+from mnist_lab.queries import children
 
 SWEEPER_TARGET = "hydra_plugins.mnist_lab_optuna_sweeper.sweeper.OptunaSweeper"
-# set for each trial's job by the sweeper: which study, which trial of it
-STUDY_ENV, TRIAL_ENV = "MNIST_LAB_OPTUNA_STUDY", "MNIST_LAB_OPTUNA_TRIAL"
 DIRECTIONS = ("minimize", "maximize")
 # a trial counts against n_trials once asked, whatever became of it (WAITING ones are not asked)
 SPENT = ("RUNNING", "COMPLETE", "PRUNED", "FAIL")
@@ -141,40 +140,10 @@ def exclusive(url: str, name: str):
     engine.dispose()
 
 
-def study_parent(config: DictConfig, name: str, tags: dict[str, str]):
-    """(client, the one parent run of an Optuna study), however many processes join it: found
-    by the study's name and storage, created by whichever process comes first, reopened by the
-    rest. One process at a time, from opening the store on: processes started together on a
-    new SQLite store would otherwise all run MLflow's table migrations at once."""
-    from mnist_lab.liveness import process_tags
-    from mnist_lab.store import connect
-
-    url = storage_url(config.hydra.sweeper, config.tracking)
-    name_of_study = study_name(config.hydra.sweeper, config.hydra)
-    tags = {**tags, "optuna.study": name_of_study, "optuna.storage": shown(url)}
-    with exclusive(url, name_of_study):
-        client, experiment_id = connect(config.tracking)
-        found = client.search_runs(
-            [experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
-            filter_string=f"tags.`optuna.study` = '{name_of_study}' and "
-                          f"tags.`optuna.storage` = '{tags['optuna.storage']}'")
-        if not found:
-            label = config.hydra.sweeper.study_name or Path(config.hydra.sweep.dir).name
-            return client, client.create_run(experiment_id, run_name=f"{name}-{label}",
-                                              tags=tags).info.run_id
-        client.update_run(found[0].info.run_id, status="RUNNING")
-        for key, value in process_tags().items():  # alive while this process is (liveness.py)
-            client.set_tag(found[0].info.run_id, key, value)
-    print(f"joining study {name_of_study!r}: its MLflow parent run is {found[0].info.run_id}")
-    return client, found[0].info.run_id
-
-
 def settle_study(config: DictConfig, client, parent_id: str) -> int:
     """A trial whose process died (Optuna failed it: no heartbeat) left its MLflow run RUNNING:
     mark that run KILLED, as liveness.reconcile does for any run whose process is gone.
     Returns how many trials other processes are still running."""
-    from mnist_lab.tracking import children
-
     storage = open_storage(storage_url(config.hydra.sweeper, config.tracking))
     study_id = storage.get_study_id_from_name(study_name(config.hydra.sweeper, config.hydra))
     states = {str(t.number): t.state.name for t in storage.get_all_trials(study_id, deepcopy=False)}

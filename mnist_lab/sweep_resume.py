@@ -2,7 +2,7 @@
 
 A sweep is known by the `sweep.key` tag on its MLflow parent: a hash of what its jobs compute (the
 task overrides that identify runs, the sweeper's search space, the composed config), so the same
-command finds it again whatever its launcher or store options. The sweep callback reopens that
+command finds it again whatever its launcher or store options. The sweep module reopens that
 parent and points Hydra at the sweep's own folder, so jobs keep their numbers and folders. Each job
 then looks up its earlier run under the parent (tags `sweep.job` and `config_key`) and does what
 that run needs: nothing if it FINISHED (its objective goes back to the sweeper as recorded),
@@ -15,31 +15,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
-import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from mnist_lab import checkpoint
+from mnist_lab.context import JobContext
 from mnist_lab.errors import ConfigError
 from mnist_lab.identity import config_key, identifies_run
-
-KEY_TAG, JOB_TAG, RESUMES_TAG = "sweep.key", "sweep.job", "sweep.resumes"
-RESUMED_AT_TAG = "sweep.resumed_at"  # unix milliseconds of the latest resume
-SEARCH_TAG = "sweep.search"  # the sweeper's search space, to say what differs
+from mnist_lab.queries import JOB_TAG, KEY_TAG, SEARCH_TAG, children, sweeps
+from mnist_lab.resume import Resume
+from mnist_lab.tracking import job_tags
 
 
 class NothingToResume(Exception):
     """The sweep asked for is complete: said in one line, exit status 0, nothing launched."""
-
-
-def wants_resume(cfg: DictConfig) -> bool:
-    return cfg.resume not in (False, "false")
-
-
-def named_parent(cfg: DictConfig) -> str | None:
-    """The parent run id `resume=` names, or None for `resume=true`."""
-    return None if cfg.resume in (True, "true") else str(cfg.resume)
 
 
 def identity_overrides(overrides) -> dict[str, str]:
@@ -58,29 +48,21 @@ def search_space(config: DictConfig) -> dict:
 def sweep_key(config: DictConfig) -> str:
     """What identifies a sweep: its identifying overrides (in order: they number the jobs), its
     experiment, its search space, and what its composed config computes."""
-    from hydra.core.hydra_config import HydraConfig
-
-    hydra = HydraConfig.instance()
-    previous = hydra.cfg  # restored after: the key is computed, no global is changed
-    hydra.set_config(config)  # `${hydra:runtime.choices.*}` resolve from it
-    try:
-        jobs = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-        parts = [list(identity_overrides(config.hydra.overrides.task).items()),
-                 config.hydra.runtime.choices.get("experiment"), search_space(config),
-                 config_key(jobs)]
-    finally:
-        hydra.cfg = previous
+    choices = config.hydra.runtime.choices
+    jobs = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    with read_write(jobs), open_dict(jobs):  # what `${hydra:...}` would give each job
+        for group in jobs.get("choices", {}):
+            jobs.choices[group] = choices.get(group)
+        if "output_dir" in jobs:
+            jobs.output_dir = None  # each job's own folder: not what it computes
+    parts = [list(identity_overrides(config.hydra.overrides.task).items()),
+             choices.get("experiment"), search_space(config), config_key(jobs)]
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
 def new_sweep_tags(config: DictConfig) -> dict[str, str]:
     """Tags a new sweep's parent gets so that `resume=true` finds it again."""
     return {KEY_TAG: sweep_key(config), SEARCH_TAG: json.dumps(search_space(config))}
-
-
-def last_active(parent) -> int:
-    """When a sweep last started: its parent's start, or its latest resume (milliseconds)."""
-    return max(parent.info.start_time, int(parent.data.tags.get(RESUMED_AT_TAG, 0)))
 
 
 def complete(parent) -> bool:
@@ -121,7 +103,7 @@ def find_sweep(client, experiment_id: str, config: DictConfig):
     """The parent run `resume` asks this multirun to continue; ConfigError if there is none that
     matches or it still runs, NothingToResume if the one that matches is complete. Dead RUNNING
     runs must be reconciled KILLED first (liveness.reconcile)."""
-    key, named = sweep_key(config), named_parent(config)
+    key, named = sweep_key(config), Resume.of(config).run_id
     if named:
         try:
             parent = client.get_run(named)
@@ -138,9 +120,8 @@ def find_sweep(client, experiment_id: str, config: DictConfig):
             raise NothingToResume(f"sweep {named} finished with every job done; nothing to "
                                   "resume")
         return not_running(parent)
-    sweeps = sorted(client.search_runs([experiment_id], filter_string="tags.sweep = 'true'",
-                                       max_results=10000), key=last_active, reverse=True)
-    same = [s for s in sweeps if s.data.tags.get(KEY_TAG) == key]
+    found = sweeps(client, [experiment_id])
+    same = [s for s in found if s.data.tags.get(KEY_TAG) == key]
     unfinished = [s for s in same if not complete(s)]
     if unfinished:
         return not_running(unfinished[0])
@@ -148,7 +129,7 @@ def find_sweep(client, experiment_id: str, config: DictConfig):
         raise NothingToResume(f"the sweep with this configuration ({same[0].info.run_id}) "
                               "finished with every job done; nothing to resume (drop "
                               "resume=true for a new sweep)")
-    others = [s for s in sweeps if not complete(s)]
+    others = [s for s in found if not complete(s)]
     if others:
         raise ConfigError(f"resume=true: no unfinished sweep has this configuration; the latest "
                           f"one ({others[0].info.run_id}) differs: "
@@ -157,76 +138,16 @@ def find_sweep(client, experiment_id: str, config: DictConfig):
                       "resume=true to start one")
 
 
-def reopen(client, parent, config: DictConfig) -> None:
-    """Continue `parent`: Hydra's jobs go to its folder again (the launcher composes each job's
-    config from `hydra.overrides.hydra`, so the folder goes there as well), an Optuna sweep's
-    sweeper to its study, its resume count goes up and it runs again."""
-    folder = parent.data.tags["sweep.dir"]
-    with read_write(config.hydra), open_dict(config.hydra):
-        config.hydra.sweep.dir = folder
-        kept = [o for o in config.hydra.overrides.hydra if not o.startswith("hydra.sweep.dir=")]
-        config.hydra.overrides.hydra = [*kept, f"hydra.sweep.dir={json.dumps(folder)}"]
-        if "optuna.study" in parent.data.tags:  # its study continues toward n_trials
-            config.hydra.sweeper.study_name = parent.data.tags["optuna.study"]
-    from mlflow.entities import RunTag
-
-    from mnist_lab.liveness import process_tags
-
-    resumes = int(parent.data.tags.get(RESUMES_TAG, "0")) + 1
-    tags = {**process_tags(), RESUMES_TAG: str(resumes),  # this process's first, then RUNNING
-            RESUMED_AT_TAG: str(int(time.time() * 1000))}
-    client.log_batch(parent.info.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
-    client.update_run(parent.info.run_id, status="RUNNING")
-    print(f"resuming sweep {parent.info.run_id} in {folder} (resume {resumes})")
-
-
-def continue_sweep(client, experiment_id: str, config: DictConfig) -> str:
-    """The parent run of the sweep `resume` continues, reopened; a complete one ends this
-    process (exit 0), one that can't be continued is refused (exit 2)."""
-    from mnist_lab.callbacks import refuse
-    from mnist_lab.study import is_optuna_sweep
-
-    try:
-        parent = find_sweep(client, experiment_id, config)
-    except NothingToResume as done:
-        print(done)
-        sys.exit(0)
-    except ConfigError as err:
-        refuse(err)
-    reopen(client, parent, config)
-    if is_optuna_sweep(config):
-        retry_lost_trials(client, parent.info.run_id, config)
-    return parent.info.run_id
-
-
-def log_once(client, parent_id: str, key: str, value: float) -> None:
-    """A summary metric on the parent, unless a resumed sweep's earlier summary has it already."""
-    if client.get_run(parent_id).data.metrics.get(key) != value:
-        client.log_metric(parent_id, key, value)
-
-
-def job_tags(cfg: DictConfig) -> dict[str, str]:
-    """Tags that let a resumed sweep find this job's run again."""
-    from hydra.core.hydra_config import HydraConfig
-
-    tags = {"config_key": config_key(cfg)}
-    if HydraConfig.initialized() and HydraConfig.get().job.get("num") is not None:
-        tags[JOB_TAG] = str(HydraConfig.get().job.num)
-    return tags
-
-
-def continue_job(cfg: DictConfig, parent_id: str) -> dict | None:
+def continue_job(cfg: DictConfig, ctx: JobContext) -> dict | None:
     """What this job of a resumed sweep starts from: its earlier run's last checkpoint if that
     run was interrupted; {"complete": True, "best_val_loss": ...} if it FINISHED; None (a fresh
     run) if it FAILED, never ran, or left no checkpoint of its own. A run replaced by a fresh
     one goes to MLflow's trash, so the sweep keeps one run per job."""
-    from mnist_lab import checkpoint
-    from mnist_lab.tracking import children
     from mnist_lab.store import connect
 
     client, _ = connect(cfg.tracking)
-    tags = job_tags(cfg)
-    mine = [r for r in children(client, parent_id)
+    tags = job_tags(cfg, ctx)
+    mine = [r for r in children(client, ctx.parent_id)
             if all(r.data.tags.get(k) == v for k, v in tags.items())]
     job = f"job {tags.get(JOB_TAG, '?')}"
     if not mine:
@@ -260,7 +181,6 @@ def retry_lost_trials(client, parent_id: str, config: DictConfig) -> None:
     import optuna
 
     from mnist_lab import study as studies
-    from mnist_lab.tracking import children
 
     url = studies.storage_url(config.hydra.sweeper, config.tracking)
     name = studies.study_name(config.hydra.sweeper, config.hydra)

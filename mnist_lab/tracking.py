@@ -14,51 +14,23 @@ import traceback
 from pathlib import Path
 from typing import Protocol
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from mnist_lab.context import JobContext
 from mnist_lab.errors import LabError, TrialPruned
-from mnist_lab.identity import flatten, run_name
+from mnist_lab.identity import config_key, flatten, run_name
+from mnist_lab.queries import JOB_TAG
 from mnist_lab.store import connect
-from mnist_lab.sweep_resume import job_tags
 
-PARENT_ID_FILE = "mlflow_parent_run_id"  # in the sweep folder, written by the sweep callback
 STATUS_FOR = {KeyboardInterrupt: "KILLED", SystemExit: "KILLED", TrialPruned: "FINISHED"}
 
 
-def metric_curve(client, run_id: str, key: str = "val/loss") -> list[float]:
-    """A run's metric values in step order."""
-    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
-
-
-def children(client, parent_id: str) -> list:
-    """Every run nested under the parent, oldest first."""
-    runs = client.search_runs(
-        [client.get_run(parent_id).info.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
-        order_by=["attributes.start_time ASC"], max_results=10000)
-    return list(runs)
-
-
-def load_logged_config(path) -> DictConfig:
-    """A run's recorded config.yaml, checked against the schema."""
-    from mnist_lab.schema import LabConfig, upgrade_recorded
-
-    return OmegaConf.merge(OmegaConf.structured(LabConfig), upgrade_recorded(OmegaConf.load(path)))
-
-
-def hydra_context() -> tuple[list[str], str | None]:
-    """(task overrides, parent run id) of the current Hydra job, if any."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return [], None
-    hydra = HydraConfig.get()
-    parent = None
-    parent_file = Path(hydra.sweep.dir) / PARENT_ID_FILE
-    if hydra.mode == RunMode.MULTIRUN and parent_file.is_file():
-        parent = parent_file.read_text().strip()
-    return list(hydra.overrides.task), parent
+def job_tags(cfg: DictConfig, ctx: JobContext) -> dict[str, str]:
+    """Tags that let a resumed sweep find this job's run again."""
+    tags = {"config_key": config_key(cfg)}
+    if ctx.job_num is not None:
+        tags[JOB_TAG] = str(ctx.job_num)
+    return tags
 
 
 class Tracker(Protocol):
@@ -109,9 +81,9 @@ class NoTracking:
 class MlflowRun:
     """The Tracker that records the run in the MLflow store."""
 
-    def __init__(self, cfg: DictConfig):
-        self.cfg = cfg
-        self.overrides, self.parent_id = hydra_context()
+    def __init__(self, cfg: DictConfig, ctx: JobContext = JobContext()):
+        self.cfg, self.ctx = cfg, ctx
+        self.overrides, self.parent_id = ctx.overrides, ctx.parent_id
         self.run_id: str | None = None
         self.client, self.experiment_id = connect(cfg.tracking)
         self.closed = False
@@ -128,13 +100,15 @@ class MlflowRun:
 
         from mnist_lab.liveness import heartbeat, process_tags
 
-        tags = {"hydra.overrides": " ".join(self.overrides) or "(none)", **job_tags(self.cfg),
+        tags = {"hydra.overrides": " ".join(self.overrides) or "(none)",
+                **job_tags(self.cfg, self.ctx),
                 **tags, **process_tags()}
         if self.parent_id:
             tags["mlflow.parentRunId"] = self.parent_id
             self.client.set_tag(self.parent_id, *heartbeat().popitem())  # the sweep lives
         run = self.client.create_run(self.experiment_id, tags=tags,
-                                     run_name=run_name(self.cfg, self.overrides))
+                                     run_name=run_name(self.cfg, self.overrides,
+                                                       self.ctx.fixed_keys))
         self.run_id = run.info.run_id
         params = {**flatten(self.cfg), **params}  # no `resume`: a resumed run keeps its params
         items = [Param(k, v) for k, v in params.items()]
@@ -220,7 +194,7 @@ class MlflowRun:
             self.closed = True
             return False
         if self.run_id is None and issubclass(exc_type, (LabError, KeyboardInterrupt)):
-            return False  # refused before the run exists: no run (a sweep's job: cli.run_job)
+            return False  # refused before the run exists: no run (a sweep's job: policy.run_job)
         self.record_failure(exc)
         return False
 
@@ -240,16 +214,16 @@ class MlflowRun:
             err.mlflow_run_id = self.run_id
 
 
-def open_run(cfg: DictConfig) -> Tracker:
-    return MlflowRun(cfg) if cfg.tracking.enabled else NoTracking()
+def open_run(cfg: DictConfig, ctx: JobContext) -> Tracker:
+    return MlflowRun(cfg, ctx) if cfg.tracking.enabled else NoTracking()
 
 
-def record_failed_job(cfg: DictConfig, err: Exception) -> None:
+def record_failed_job(cfg: DictConfig, ctx: JobContext, err: Exception) -> None:
     """A sweep's job that failed outside its run (refused before training) still shows in the
     store, FAILED with its reason; an error its run recorded already is left alone."""
     if not cfg.tracking.enabled or getattr(err, "mlflow_run_id", None):
         return
     try:
-        MlflowRun(cfg).record_failure(err)
+        MlflowRun(cfg, ctx).record_failure(err)
     except Exception as store_err:  # the job's own error is the one to report
         print(f"could not record the failure in MLflow: {store_err}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """The benchmark script counts FLOPs right and, in --quick mode, writes every figure it promises."""
 
 import json
+import time
 
 import pytest
 
@@ -10,7 +11,7 @@ from mnist_lab.models import CNN, FFNN
 def bench_module():
     import runpy
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     return runpy.run_path(str(ROOT / "benchmarks" / "bench.py"))
 
@@ -29,20 +30,23 @@ def test_flop_counts_match_the_architectures():
 def test_quick_benchmark_writes_its_figures(tmp_path):
     from mnist_lab.cli import main
 
+    started = time.perf_counter()
     assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
+    elapsed = time.perf_counter() - started
     figures = json.loads((tmp_path / "bench.json").read_text())
     for key in ("data_load_seconds", "peak_gflops", "ffnn_bs20", "cnn_bs512", "ffnn_epoch",
                 "cnn_epoch", "tracking", "study", "sweep", "startup", "speedrun"):
         assert key in figures, key
     assert figures["machine"]["device"] == "cpu" and figures["machine"]["quick"]
-    # figures are measured, not asserted: each is a positive finite number of the promised kind
+    # figures are measured, not asserted: each is a time of the promised kind, taken within
+    # this benchmark's own run (none longer than the whole, none zero or made up)
     study = figures["study"]
     timings = [figures["data_load_seconds"], figures["cnn_epoch"]["lab_seconds"],
                figures["cnn_epoch"]["notebook_seconds"], figures["tracking"]["on_seconds"],
                figures["tracking"]["off_seconds"], figures["tracking"]["eager_export_seconds"],
                figures["speedrun"]["mean_seconds"], figures["sweep"]["wall_seconds"],
                study["notebook"]["wall_seconds"], study["lab"]["wall_seconds"]]
-    assert all(0 < t < 3600 for t in timings), timings
+    assert all(0 < t < elapsed for t in timings), (timings, elapsed)
     # the sweep's time inside training is read from its runs' metrics: some, and not all of it
     assert figures["sweep"]["runs"] == 2 and 0 < figures["sweep"]["fraction"] < 1
     assert [t["target"][0] for t in figures["targets"]] == ["1", "2", "3", "4", "5"]

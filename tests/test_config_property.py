@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from mlflow import MlflowClient
 
-from conftest import ROOT, compose_config, make_dataset, run_lab, tiny_overrides
+from helpers import ROOT, compose_config, make_dataset, run_lab, tiny_overrides
 from mnist_lab import job
 from mnist_lab.errors import DivergedError
 from mnist_lab.identity import leaves

@@ -4,7 +4,7 @@ import struct
 import pytest
 import torch
 
-from conftest import (REAL_DATA, compose_config, make_dataset, synthetic_digits, tiny_overrides,
+from helpers import (REAL_DATA, compose_config, make_dataset, synthetic_digits, tiny_overrides,
                       write_idx)
 from mnist_lab.data import DataError, batches, load_mnist, read_idx, split_seed, to_float
 

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import compose_config, run_lab, store, tiny_overrides, tracked
+from helpers import compose_config, run_lab, store, tiny_overrides, tracked
 from mnist_lab import checkpoint, job
 from mnist_lab import store as store_module
 from mnist_lab.cli import main
@@ -37,12 +37,21 @@ BAD_VALUES = [
     ("tracking.experiment=" + "x" * 10_000, "tracking.experiment", "at most 256"),
     ("optim=sgd optim.momentum=0 optim.nesterov=true", "optim.nesterov", "momentum > 0"),
     ("train.divergence_loss=1", "train.divergence_loss", "chance level"),
+    ("optim.lr=-0.1", "optim.lr", "> 0"), ("optim.lr=0", "optim.lr", "> 0"),
+    ("dropout.p=1.0", "dropout.p", "[0, 1)"), ("dropout.p=-0.1", "dropout.p", "[0, 1)"),
+    ("train.batch_size=0", "train.batch_size", ">= 1"),
+    ("train.batch_size=100000", "train.batch_size", "at most the training set's 500 images"),
+    ("train.epochs=0", "train.epochs", ">= 1"), ("data.val_size=0", "data.val_size", ">= 1"),
+    ("data.val_size=60000", "data.val_size", "smaller than the 600 training images"),
+    ("data.limit=0", "data.limit", "at least 1"), ("threads=-1", "threads", "up to 1024"),
 ]
 
 
 @pytest.mark.parametrize("command, key, allowed", BAD_VALUES, ids=[b[0][:40] for b in BAD_VALUES])
 def test_values_out_of_range_are_one_line_naming_key_and_allowed(tiny_data, command, key, allowed):
-    problem = first_problem([*command.split(), *tiny_overrides(tiny_data)])
+    flags = [word for word in command.split() if word.startswith("-")]  # -m comes first
+    given = [word for word in command.split() if not word.startswith("-")]
+    problem = first_problem([*flags, *tiny_overrides(tiny_data), *given])
     assert problem is not None and "\n" not in problem and len(problem) < 400
     assert problem.startswith(f"{key}=") and "is not allowed" in problem and allowed in problem
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import compose_config
+from helpers import compose_config
 from mnist_lab.models import build_model
 from mnist_lab.models import CNN, FFNN, count_parameters
 

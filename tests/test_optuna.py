@@ -13,9 +13,8 @@ import pytest
 from mlflow import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from conftest import ROOT, compose_config, run_lab, tiny_overrides
+from helpers import ROOT, compose_config, run_lab, tiny_overrides
 from hydra_plugins.mnist_lab_optuna_sweeper import search_space
-from test_team_server import postgres  # noqa: F401  the PostgreSQL fixture
 
 TRIAL_STATES = ("COMPLETE", "PRUNED", "FAIL")
 
@@ -216,7 +215,7 @@ def test_a_killed_worker_is_continued_by_the_same_command(tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_dashboard_serves_the_study_storage(tmp_path):
-    from test_tracking import free_port
+    from helpers import free_port
 
     storage = f"sqlite:///{tmp_path}/optuna.db"
     optuna.create_study(study_name="optuna_cnn", storage=storage).enqueue_trial({"x": 1.0})
@@ -244,11 +243,30 @@ def test_dashboard_serves_the_study_storage(tmp_path):
 @pytest.mark.parametrize("pruner", ["none", "median", "percentile", "successive_halving",
                                     "hyperband"])
 def test_optuna_cnn_takes_every_pruner(pruner):
+    """Each pruner option, as the experiment configures it, stops a trial whose curve is far
+    worse than every earlier trial's (within its epochs), and lets a good one finish; `none`
+    stops nothing."""
     from hydra.utils import instantiate
 
     cfg = compose_config(["experiment=optuna_cnn", f"hydra/sweeper/pruner={pruner}"],
                          return_hydra_config=True)
-    built = instantiate(cfg.hydra.sweeper.pruner)
-    assert isinstance(built, optuna.pruners.BasePruner)
+    epochs = cfg.train.epochs
+    study = optuna.create_study(pruner=instantiate(cfg.hydra.sweeper.pruner),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def stopped_at(curve) -> int | None:
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        for epoch, loss in enumerate(curve, start=1):
+            trial.report(loss, epoch)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return epoch
+        study.tell(trial, curve[-1])
+        return None
+
+    good = [stopped_at([1.0 / epoch for epoch in range(1, epochs + 1)]) for _ in range(10)]
+    bad = stopped_at([10.0] * epochs)
+    assert good[0] is None  # the first trial has nothing to be compared with
+    assert (bad is None) == (pruner == "none"), bad
     if pruner == "successive_halving":  # the experiment's default, as measured in the README
-        assert (built._min_resource, built._reduction_factor) == (1, 3)
+        assert bad == 1

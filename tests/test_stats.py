@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 from scipy import stats as scipy_stats
 
-from conftest import ROOT, run_lab, tiny_overrides
+from helpers import ROOT, run_lab, tiny_overrides
 from mnist_lab.stats import (PREDICTIONS, RunRecord, compare_groups, read_predictions,
                              seed_difference, summary_lines, write_predictions)
 

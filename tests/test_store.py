@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from conftest import ROOT, compose_config, make_dataset, tiny_overrides
+from helpers import ROOT, compose_config, make_dataset, tiny_overrides
 from mnist_lab import tracking
 from mnist_lab.cli import main
 from mnist_lab.liveness import reconcile

@@ -7,14 +7,15 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, compose_config, runs_in, store
-from conftest import tracked as tracked_in_store
+from helpers import ROOT, compose_config, runs_in, store
+from helpers import tracked as tracked_in_store
 from mnist_lab import job, tracking
+from mnist_lab.context import JobContext
 from mnist_lab.data import DataError
 
 
 def tracked(tiny_data, tmp_path, *extra):
-    """conftest's tracked, without the model export and figures these tests don't read."""
+    """helpers' tracked, without the model export and figures these tests don't read."""
     return tracked_in_store(tiny_data, tmp_path, "tracking.log_model=false", "plots=false", *extra)
 
 
@@ -47,14 +48,14 @@ def test_a_job_failing_before_its_run_exists_is_a_failed_run_and_fails_the_sweep
 def test_an_error_before_the_run_starts_is_recorded_once(tiny_data, tmp_path):
     cfg = compose_config(tracked(tiny_data, tmp_path))
     with pytest.raises(ValueError, match="broken optimizer"):
-        with tracking.open_run(cfg):
+        with tracking.open_run(cfg, JobContext()):
             raise ValueError("broken optimizer")
     (run,) = runs_in(store(tmp_path))
     assert run.info.status == "FAILED" and "broken optimizer" in run.data.tags["error"]
     assert run.data.params["optim.lr"] == "0.001"  # the config it failed with
-    # bad input before the run exists is refused, not recorded (a sweep records it: cli.run_job)
+    # bad input before the run exists is refused, not recorded (a sweep records it: policy.run_job)
     with pytest.raises(DataError):
-        with tracking.open_run(cfg):
+        with tracking.open_run(cfg, JobContext()):
             raise DataError("missing file")
     assert len(runs_in(store(tmp_path))) == 1
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, make_dataset, run_lab, tiny_overrides
-from mnist_lab import sweep_resume
+from helpers import ROOT, make_dataset, run_lab, tiny_overrides
+from mnist_lab import sweep, sweep_resume
 
 EPOCHS = 3
 CURVES = ("train/loss", "val/loss", "val/acc")
@@ -315,7 +315,7 @@ def test_resume_finds_the_sweep_it_names_and_refuses_any_other(tmp_path):
         sweep_resume.find_sweep(client, experiment, resume)
     client.set_terminated(alive, "KILLED")
 
-    sweep_resume.reopen(client, client.get_run(killed), named)
+    sweep.reopen(client, client.get_run(killed), named)
     assert named.hydra.sweep.dir == str(tmp_path / "s")
     assert named.hydra.overrides.hydra[-1] == f'hydra.sweep.dir="{tmp_path / "s"}"'
     assert client.get_run(killed).data.tags["sweep.resumes"] == "1"

@@ -13,7 +13,7 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, make_dataset, tiny_overrides
+from helpers import ROOT, make_dataset, tiny_overrides
 
 EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
 LAUNCHERS = {"basic": ["seed=1,2"], "parallel": ["launcher=parallel", "launcher.n_jobs=2",

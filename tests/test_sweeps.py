@@ -6,7 +6,7 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, tiny_overrides
+from helpers import ROOT, tiny_overrides
 
 pytestmark = pytest.mark.slow  # each test runs a sweep of run.py in a subprocess
 

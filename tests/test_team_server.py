@@ -4,11 +4,8 @@ Needs PostgreSQL's server binaries (Debian: `apt-get install postgresql`, which 
 Where they are missing the test skips, except under CI, where it fails.
 """
 
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,41 +13,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from conftest import ROOT, tiny_overrides
-from test_tracking import free_port
-
-PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
-
-
-def as_postgres(args, **kwargs):
-    """PostgreSQL refuses to run as root; as root, run its tools as the postgres user."""
-    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    return subprocess.run(prefix + args, check=True, capture_output=True, text=True, **kwargs)
-
-
-@pytest.fixture
-def postgres():
-    if PG_BIN is None or not (PG_BIN / "initdb").exists():
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL server binaries missing; .ci/run should install them")
-        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
-    folder = Path(tempfile.mkdtemp(prefix="mnist-lab-pg-"))
-    folder.chmod(0o777)
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
-    port = free_port()
-    data = folder / "data"
-    as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "mlflow"])
-    as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w",
-                 "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"])
-    try:
-        as_postgres([str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow",
-                     "mlflow"])
-        yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow", folder
-    finally:
-        as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"])
-        shutil.rmtree(folder, ignore_errors=True)
-
+from helpers import ROOT, free_port, tiny_overrides
 
 @pytest.fixture
 def team_server(postgres, tmp_path):

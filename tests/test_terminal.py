@@ -6,10 +6,11 @@ from types import SimpleNamespace
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, compose_config, run_lab, tiny_overrides
-from mnist_lab import cli, job
+from helpers import ROOT, compose_config, run_lab, tiny_overrides
+from mnist_lab import cli, job, policy
 from mnist_lab.checkpoint import TrainingState
 from mnist_lab.compare import format_table, row_for
+from mnist_lab.context import JobContext
 from mnist_lab.data import load_mnist
 from mnist_lab.loop import Recipe, fit
 from mnist_lab.tables import write_table
@@ -112,22 +113,14 @@ def test_figure_titles_name_the_run_and_the_settings_its_name_leaves_out():
 def test_the_resume_hint_is_a_command_that_gives_back_each_value_with_spaces():
     """The hint printed when a run is interrupted, pasted into a shell, gives Hydra the same
     overrides (resume=true in place of resume=...), values with spaces included."""
-    from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     given = ["model=cnn", "tracking.experiment=my runs", "data.root='/tmp/a b'", "resume=false"]
-    composed = compose_config(given, return_hydra_config=True)
-    hydra = HydraConfig.instance()
-    previous = hydra.cfg
-    hydra.set_config(composed)  # as Hydra does for the job: resume_hint reads the job's overrides
-    try:
-        hint = cli.resume_hint(composed)
-    finally:
-        hydra.cfg = previous
+    hint = policy.resume_hint(compose_config(given), JobContext(overrides=given))
     argv = shlex.split(hint.splitlines()[-1])
     assert argv[:2] == ["python", "run.py"]
     parsed = OverridesParser.create().parse_overrides(argv[2:])
     assert {o.key_or_group: o.value() for o in parsed} == {
         "model": "cnn", "tracking.experiment": "my runs", "data.root": "/tmp/a b", "resume": True}
-    sweep = shlex.split(cli.resume_command(given, sweep=True))
+    sweep = shlex.split(policy.resume_command(given, sweep=True))
     assert sweep[:3] == ["python", "run.py", "-m"] and sweep[3:] == argv[2:]

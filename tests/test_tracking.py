@@ -12,9 +12,10 @@ import requests
 import torch
 from mlflow import MlflowClient
 
-from conftest import compose_config, free_port, run_lab, tiny_overrides
+from helpers import compose_config, free_port, run_lab, tiny_overrides
 from mnist_lab import job
-from mnist_lab.callbacks import seed_spread, swept_keys
+from mnist_lab.queries import swept_keys
+from mnist_lab.summary import seed_spread
 from mnist_lab.data import load_mnist
 from mnist_lab.evaluate import evaluate
 from mnist_lab.stats import PREDICTIONS, read_predictions

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from conftest import compose_config, run_lab, tiny_overrides
+from helpers import compose_config, run_lab, tiny_overrides
 from mnist_lab import job
 from mnist_lab.data import load_mnist
 from mnist_lab.evaluate import evaluate

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import REAL_DATA, compose_config, free_port, tiny_overrides
+from helpers import REAL_DATA, compose_config, free_port, tiny_overrides
 from mnist_lab import job
 from mnist_lab.augment import random_affine, shift, tta_logits
 from mnist_lab.cli import main

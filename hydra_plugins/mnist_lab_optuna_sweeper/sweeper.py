@@ -91,6 +91,7 @@ class OptunaSweeper(Sweeper):
         import optuna
 
         from mnist_lab import study as studies
+        from mnist_lab.context import STUDY_ENV, TRIAL_ENV
         from mnist_lab.errors import ConfigError
 
         settings = self.settings
@@ -114,8 +115,8 @@ class OptunaSweeper(Sweeper):
                  f"{type(self.sampler).__name__}, {type(self.pruner).__name__}")
         while trials := self.ask(study, storage, url, space):
             overrides = [[*fixed, *(search_space.as_override(k, v) for k, v in t.params.items()),
-                          search_space.as_override(f"+hydra.job.env_set.{studies.STUDY_ENV}", name),
-                          f"+hydra.job.env_set.{studies.TRIAL_ENV}={t.number}"]
+                          search_space.as_override(f"+hydra.job.env_set.{STUDY_ENV}", name),
+                          f"+hydra.job.env_set.{TRIAL_ENV}={t.number}"]
                          for t in trials.values()]
             with Heartbeat(storage, list(trials), settings.heartbeat_interval):
                 try:
@@ -168,7 +169,7 @@ class OptunaSweeper(Sweeper):
             log.warning(f"trial {number} failed: {type(err).__name__}: {err}")
             study.tell(number, state=TrialState.FAIL)
             return
-        if not math.isfinite(value):  # run.py's score for a job that failed (cli.run_job)
+        if not math.isfinite(value):  # run.py's score for a job that failed (policy.run_job)
             log.warning(f"trial {number} failed (objective {value})")
             study.tell(number, state=TrialState.FAIL)
             return

@@ -197,13 +197,21 @@ def peek_count(root: Path) -> int | None:
     return None
 
 
+VALID: set[str] = set()  # the configs (resolved) that passed in this process
+
+
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError for the first value out of range. Reads only the labels file header."""
+    """Raise ConfigError for the first value out of range. Reads only the labels file header.
+    A config is checked once per process: run.py's preflight, the job's start and `job.run`
+    all ask, and the same config passes at once the second time."""
     check_keys(cfg)
     try:
-        values = dict(leaves(OmegaConf.to_container(cfg, resolve=True)))
+        container = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:  # an interpolation that does not resolve
         fail(getattr(err, "full_key", None) or "config", None, str(err).splitlines()[0])
+    if repr(container) in VALID:
+        return
+    values = dict(leaves(container))
     for key, value in values.items():
         rule = RULES.get(key)
         if rule is not None:
@@ -215,6 +223,7 @@ def validate(cfg: DictConfig) -> None:
             fail(key, value, "an integer that fits in 64 bits")
     check_combinations(cfg)
     check_arguments(cfg)
+    VALID.add(repr(container))
 
 
 def check_arguments(node: DictConfig, prefix: str = "") -> None:

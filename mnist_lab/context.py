@@ -1,0 +1,77 @@
+"""Hydra's runtime, read once per job: the one module that reads `HydraConfig`.
+
+`JobContext.from_hydra()` is called at a job's start (policy.run_job) and the context is handed
+down: whether this is a sweep, the job's number and folders, its overrides and group choices, the
+sweep's MLflow parent and the Optuna trial it runs, if any. Outside Hydra (`mnist-lab rerun`, the
+benchmarks, tests) `JobContext()` is a single run with no overrides.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PARENT_ID_FILE = "mlflow_parent_run_id"  # in the sweep folder, written by the sweep callback
+# set for each trial's job by the Optuna sweeper: which study, which trial of it
+STUDY_ENV, TRIAL_ENV = "MNIST_LAB_OPTUNA_STUDY", "MNIST_LAB_OPTUNA_TRIAL"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """The Optuna trial a job runs: its study's name and its number in that study."""
+
+    study_name: str
+    number: int
+
+
+@dataclass(frozen=True)
+class JobContext:
+    multirun: bool = False
+    job_num: int | None = None
+    job_name: str | None = None
+    sweep_dir: Path | None = None
+    output_dir: Path | None = None
+    overrides: list[str] = field(default_factory=list)  # the task overrides, as given
+    choices: dict[str, Any] = field(default_factory=dict)  # group -> option, hydra/* too
+    fixed_keys: frozenset[str] = frozenset()  # what the sweep's command set for every job
+    parent_id: str | None = None  # the sweep's MLflow parent run
+    sweeper: Any = None  # hydra.sweeper, for the trial's storage and pruner
+    trial: Trial | None = None
+
+    @property
+    def launcher(self) -> str | None:
+        return self.choices.get("hydra/launcher")
+
+    @classmethod
+    def from_hydra(cls) -> "JobContext":
+        """The running Hydra job's context; `JobContext()` when no Hydra job runs."""
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized():
+            return cls()
+        hydra = HydraConfig.get()
+        multirun = hydra.mode == RunMode.MULTIRUN
+        sweep_dir = Path(hydra.sweep.dir) if multirun else None
+        parent = sweep_dir / PARENT_ID_FILE if sweep_dir else None
+        trial = None
+        if TRIAL_ENV in os.environ and STUDY_ENV in os.environ:
+            trial = Trial(os.environ[STUDY_ENV], int(os.environ[TRIAL_ENV]))
+        return cls(multirun=multirun, job_num=hydra.job.get("num"), job_name=hydra.job.name,
+                   sweep_dir=sweep_dir, output_dir=Path(hydra.runtime.output_dir),
+                   overrides=list(hydra.overrides.task), choices=dict(hydra.runtime.choices),
+                   fixed_keys=sweep_fixed_keys(sweep_dir) if sweep_dir else frozenset(),
+                   parent_id=parent.read_text().strip() if parent and parent.is_file() else None,
+                   sweeper=hydra.sweeper, trial=trial)
+
+
+def sweep_fixed_keys(sweep_dir: Path) -> frozenset[str]:
+    """The keys this sweep's command line set to one value for every job (multirun.yaml)."""
+    from omegaconf import OmegaConf
+
+    path = sweep_dir / "multirun.yaml"
+    given = OmegaConf.load(path).hydra.overrides.task if path.is_file() else []
+    return frozenset(o.partition("=")[0].lstrip("+~") for o in given
+                     if not any(c in o.partition("=")[2] for c in ",("))  # not `a,b`, `range(`

@@ -1,0 +1,167 @@
+"""The one failure policy: what the user sees, and the exit status, when a job or sweep fails.
+
+`run_job` is run.py's body (a task function wrapper, as lightning-hydra-template's): it builds the
+job's context from Hydra once, validates the config, runs `job.run` and turns what it raises into
+one line, an exit status and, in a sweep, a FAILED record and the worst objective so the other
+jobs go on. The sweep callback ends a sweep through `refuse`, `nothing_to_do` and `sweep_failed`.
+Only this module and the entry points call `sys.exit`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+import shutil
+import signal
+import sys
+from contextlib import contextmanager, redirect_stdout, suppress
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from mnist_lab import stopping
+from mnist_lab.context import JobContext
+from mnist_lab.errors import DivergedError, LabError, TrackingError, TrialPruned
+from mnist_lab.validation import validate
+
+WORST_OBJECTIVE = math.inf  # what a sweeper sees for a failed job (the objective is minimised)
+
+
+def run_job(cfg: DictConfig) -> float:
+    """`job.run`, with its failures turned into what the user sees. Known input errors end a
+    single run with one line and exit status 2; in a sweep, a failed job is recorded FAILED,
+    reported and scored as the worst objective so the others go on. A stop signal ends a single
+    run, or a whole sweep, with 130 or 143."""
+    ctx = JobContext.from_hydra()
+    if ctx.multirun:
+        stopping.guard_worker(stop_sweep)  # a worker process between jobs, too, stops quietly
+    try:
+        validate(cfg)  # before torch and MLflow are even imported: a typo answers at once
+        from mnist_lab.job import run
+
+        with output_in_run_log(ctx):
+            return run(cfg, ctx)
+    except TrialPruned as pruned:  # the Optuna sweeper reads it from the job's return
+        print(f"Optuna trial {pruned}", file=sys.stderr)
+        raise
+    except KeyboardInterrupt:
+        if ctx.multirun:
+            stop_sweep()  # the launcher says how to continue, once
+        print(f"\ninterrupted: {resume_hint(cfg, ctx)}", file=sys.stderr)
+        sys.exit(stopping.exit_status())
+    except (LabError, DivergedError) as err:  # a FAILED run keeps the traceback: one line here
+        if ctx.multirun:
+            return failed_job(cfg, ctx, err, record=isinstance(err, LabError)
+                              and not isinstance(err, TrackingError))
+        if isinstance(err, LabError):
+            discard_refused_run_folder(ctx)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2 if isinstance(err, LabError) else 1)
+    except Exception as err:
+        if not ctx.multirun:
+            raise
+        return failed_job(cfg, ctx, err, record=True, named=True)
+
+
+def failed_job(cfg: DictConfig, ctx: JobContext, err: Exception, record: bool,
+               named: bool = False) -> float:
+    """A sweep's failed job: reported, recorded FAILED (unless its run recorded it already, or
+    the store is what failed), scored the worst objective."""
+    print(f"job failed: {f'{err.__class__.__name__}: ' if named else ''}{err}", file=sys.stderr)
+    if record:
+        from mnist_lab.tracking import record_failed_job
+
+        record_failed_job(cfg, ctx, err)
+    return WORST_OBJECTIVE
+
+
+def stop_sweep() -> None:
+    """End this sweep process after a stop signal (its own run, if any, is closed already).
+
+    A worker ends at once, silently: the launcher reports. The launcher stops its workers first,
+    then prints how to continue and exits 130 or 143 (SystemExit, so exit hooks still run)."""
+    code = stopping.exit_status()
+    if stopping.sweep_hint() is None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    stopping.stop_workers()
+    name = signal.Signals(stopping.received[-1] if stopping.received else signal.SIGINT).name
+    print(f"\ninterrupted by {name}: {stopping.sweep_hint()}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def refuse(err: LabError) -> None:
+    """A run or sweep that can't start: one line, exit status 2, before any job."""
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
+def nothing_to_do(message: str) -> None:
+    """A sweep asked to resume that is complete: said in one line, exit status 0."""
+    print(message)
+    sys.exit(0)
+
+
+def sweep_failed(failed: int) -> None:
+    """A sweep that ran with failed jobs ends with exit status 1 once its record is complete."""
+    print(f"{failed} job{'s' if failed > 1 else ''} of this sweep failed; each run's `error` "
+          "tag says why", file=sys.stderr)
+    sys.exit(1)
+
+
+class CopyTo:
+    """A text stream that also appends what it is given to a file."""
+
+    def __init__(self, stream, file):
+        self.stream, self.file = stream, file
+
+    def write(self, text: str) -> int:
+        self.file.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def output_in_run_log(ctx: JobContext):
+    """What a run prints also goes to its Hydra run.log (beside Hydra's own log records)."""
+    if ctx.output_dir is None:
+        yield
+        return
+    with open(ctx.output_dir / f"{ctx.job_name}.log", "a") as log, \
+            redirect_stdout(CopyTo(sys.stdout, log)):
+        yield
+
+
+def discard_refused_run_folder(ctx: JobContext) -> None:
+    """Hydra makes a run's outputs/DATE/TIME folder before the config is checked; a refused
+    run removes it again, when nothing but Hydra's .hydra/ and run.log is in it."""
+    out = ctx.output_dir
+    if out is None:
+        return
+    if out.is_dir() and out != Path.cwd() and {p.name for p in out.iterdir()} <= {
+            ".hydra", f"{ctx.job_name}.log"}:
+        shutil.rmtree(out)
+        if out.parent.parent.name == "outputs":  # the day's folder, if this was its only run
+            with suppress(OSError):
+                out.parent.rmdir()
+
+
+def resume_hint(cfg: DictConfig, ctx: JobContext) -> str:
+    if not cfg.checkpoint.enabled:
+        return "checkpoint.enabled=false, so there is nothing to resume"
+    return f"the last complete epoch is kept; continue with\n  {resume_command(ctx.overrides)}"
+
+
+def resume_command(overrides: list[str], sweep: bool = False) -> str:
+    """The command that continues a stopped run (or sweep) given these overrides, `resume=true`
+    in place of any `resume=`, quoted for the shell: a value with a space survives the paste."""
+    kept = [o for o in overrides if o.partition("=")[0].lstrip("+~") != "resume"]
+    return shlex.join(["python", "run.py", *(["-m"] if sweep else []), *kept, "resume=true"])

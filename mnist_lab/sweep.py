@@ -1,0 +1,180 @@
+"""A sweep's MLflow parent run, from start to end: the one module that creates it (a new sweep),
+joins it (another process of the same Optuna study), reopens it (`resume=true`), summarises and
+closes it, for grid sweeps and studies alike. Hydra calls it through `MlflowSweepCallback`.
+
+`on_multirun_start`/`on_multirun_end` run once in the launching process whatever the launcher,
+so the parent exists before any job starts. Its id goes into the sweep folder, where every job
+(in this process, a joblib worker or a SLURM node) reads it (context.py) and nests its run under it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, open_dict, read_write
+
+from mnist_lab import policy, stopping, sweep_resume
+from mnist_lab.context import PARENT_ID_FILE
+from mnist_lab.errors import ConfigError
+from mnist_lab.queries import RESUMED_AT_TAG, RESUMES_TAG
+from mnist_lab.resume import Resume
+from mnist_lab.study import (check, exclusive, is_optuna_sweep, settle_study, shown,
+                             storage_url, study_name)
+
+
+class MlflowSweepCallback(Callback):
+    def __init__(self) -> None:
+        self.parent_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        optuna = is_optuna_sweep(config)
+        if optuna:  # a bad hydra.sweeper key stops here, before the store is touched
+            try:
+                check(config.hydra.sweeper)
+            except ConfigError as err:
+                policy.refuse(err)
+        overrides = list(config.hydra.overrides.task)
+        stopping.guard_sweep(f"continue the sweep with "
+                             f"{policy.resume_command(overrides, sweep=True)} (finished jobs "
+                             "are skipped)", policy.stop_sweep)
+        if not config.tracking.enabled:  # resume=true: each job continues its checkpoint
+            return
+        from mnist_lab.liveness import reconcile
+
+        client, self.parent_id = open_parent(config, optuna)
+        reconcile(client)  # runs whose process died end KILLED, not RUNNING forever
+        sweep_dir = Path(config.hydra.sweep.dir)  # a resumed sweep's: its own folder
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / PARENT_ID_FILE).write_text(self.parent_id)
+        # a stop signal or a crash skips on_multirun_end; no run may stay RUNNING then
+        atexit.register(self._close, client, "KILLED")
+        print(f"MLflow parent run {self.parent_id} for this sweep")
+
+    def _close(self, client, status: str | None) -> None:
+        """End the parent with `status`; None leaves it running for another process (an Optuna
+        study that other processes still work on)."""
+        if self.parent_id is None:
+            return
+        parent, self.parent_id = self.parent_id, None
+        if status is None:
+            return
+        if status != "FINISHED":  # the workers are gone: their runs, and this one's, are dead
+            from mnist_lab.liveness import reconcile
+
+            reconcile(client, this_process_ending=True)
+        client.set_terminated(parent, status)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.parent_id is None:
+            return
+        from mnist_lab import summary
+        from mnist_lab.store import connect, ui_url, uri_option
+
+        client, experiment_id = connect(config.tracking)
+        status = "FAILED"
+        try:
+            running = settle_study(config, client, self.parent_id) if is_optuna_sweep(config) else 0
+            failed = summary.summarise(client, self.parent_id)
+            if not config.tracking.log_model:
+                summary.log_best_model(client, self.parent_id, config.tracking)
+            status = "FINISHED" if not running else None  # the study's last process ends it
+        except (KeyboardInterrupt, SystemExit):
+            status = "KILLED"
+            raise
+        finally:
+            parent_id = self.parent_id
+            self._close(client, status)
+        print(f"compare the sweep's runs: mnist-lab compare --parent {parent_id}"
+              f"{uri_option(config.tracking)}\n"
+              f"MLflow: {ui_url(config.tracking, f'experiments/{experiment_id}/runs/{parent_id}')}")
+        if failed:
+            policy.sweep_failed(failed)
+
+
+def open_parent(config: DictConfig, optuna: bool):
+    """(client, the sweep's parent run id): the sweep `resume` continues, reopened; else the
+    Optuna study's one parent, joined; else a new one."""
+    from mnist_lab.liveness import process_tags, reconcile
+    from mnist_lab.provenance import git_state
+    from mnist_lab.store import connect
+
+    if Resume.of(config).wanted:  # an Optuna sweep's study continues too: reopen names it
+        client, experiment_id = connect(config.tracking)
+        reconcile(client)  # dead RUNNING runs end KILLED: a RUNNING parent is alive
+        try:
+            parent = sweep_resume.find_sweep(client, experiment_id, config)
+        except sweep_resume.NothingToResume as done:
+            policy.nothing_to_do(str(done))
+        except ConfigError as err:
+            policy.refuse(err)
+        reopen(client, parent, config)
+        if optuna:
+            sweep_resume.retry_lost_trials(client, parent.info.run_id, config)
+        return client, parent.info.run_id
+    sweep_dir = Path(config.hydra.sweep.dir)
+    experiment = config.hydra.runtime.choices.get("experiment")
+    name = f"sweep-{experiment}" if experiment else "sweep"
+    tags = {"sweep": "true", "sweep.dir": str(sweep_dir.resolve()),
+            "hydra.overrides": " ".join(config.hydra.overrides.task) or "(none)",
+            **sweep_resume.new_sweep_tags(config), **git_state(), **process_tags()}
+    if optuna:
+        return join_study(config, name, tags)
+    client, experiment_id = connect(config.tracking)
+    return client, client.create_run(experiment_id, run_name=f"{name}-{sweep_dir.name}",
+                                     tags=tags).info.run_id
+
+
+def join_study(config: DictConfig, name: str, tags: dict[str, str]):
+    """(client, the one parent run of an Optuna study), however many processes join it: found
+    by the study's name and storage, created by whichever process comes first, reopened by the
+    rest. One process at a time, from opening the store on: processes started together on a
+    new SQLite store would otherwise all run MLflow's table migrations at once."""
+    from mnist_lab.liveness import process_tags
+    from mnist_lab.store import connect
+
+    url = storage_url(config.hydra.sweeper, config.tracking)
+    name_of_study = study_name(config.hydra.sweeper, config.hydra)
+    tags = {**tags, "optuna.study": name_of_study, "optuna.storage": shown(url)}
+    with exclusive(url, name_of_study):
+        client, experiment_id = connect(config.tracking)
+        found = client.search_runs(
+            [experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
+            filter_string=f"tags.`optuna.study` = '{name_of_study}' and "
+                          f"tags.`optuna.storage` = '{tags['optuna.storage']}'")
+        if not found:
+            label = config.hydra.sweeper.study_name or Path(config.hydra.sweep.dir).name
+            return client, client.create_run(experiment_id, run_name=f"{name}-{label}",
+                                              tags=tags).info.run_id
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        for key, value in process_tags().items():  # alive while this process is (liveness.py)
+            client.set_tag(found[0].info.run_id, key, value)
+    print(f"joining study {name_of_study!r}: its MLflow parent run is {found[0].info.run_id}")
+    return client, found[0].info.run_id
+
+
+def reopen(client, parent, config: DictConfig) -> None:
+    """Continue `parent`: Hydra's jobs go to its folder again (the launcher composes each job's
+    config from `hydra.overrides.hydra`, so the folder goes there as well), an Optuna sweep's
+    sweeper to its study, its resume count goes up and it runs again."""
+    from mlflow.entities import RunTag
+
+    from mnist_lab.liveness import process_tags
+
+    folder = parent.data.tags["sweep.dir"]
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.sweep.dir = folder
+        kept = [o for o in config.hydra.overrides.hydra if not o.startswith("hydra.sweep.dir=")]
+        config.hydra.overrides.hydra = [*kept, f"hydra.sweep.dir={json.dumps(folder)}"]
+        if "optuna.study" in parent.data.tags:  # its study continues toward n_trials
+            config.hydra.sweeper.study_name = parent.data.tags["optuna.study"]
+    resumes = int(parent.data.tags.get(RESUMES_TAG, "0")) + 1
+    tags = {**process_tags(), RESUMES_TAG: str(resumes),  # this process's first, then RUNNING
+            RESUMED_AT_TAG: str(int(time.time() * 1000))}
+    client.log_batch(parent.info.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    client.update_run(parent.info.run_id, status="RUNNING")
+    print(f"resuming sweep {parent.info.run_id} in {folder} (resume {resumes})")
