@@ -96,7 +96,8 @@ def dashboard(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
     from optuna_dashboard import run_server
 
-    from mnist_lab.study import shown, storage_url
+    from hydra_plugins.mnist_lab_optuna_sweeper.storages import shown
+    from mnist_lab.study import storage_url
 
     url = storage_url(OmegaConf.create({"storage": args.storage}),
                       OmegaConf.create({"uri": args.uri}))

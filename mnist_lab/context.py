@@ -8,22 +8,13 @@ benchmarks, tests) `JobContext()` is a single run with no overrides.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra_plugins.mnist_lab_optuna_sweeper.api import Trial, trial_for
+
 PARENT_ID_FILE = "mlflow_parent_run_id"  # in the sweep folder, written by the sweep callback
-# set for each trial's job by the Optuna sweeper: which study, which trial of it
-STUDY_ENV, TRIAL_ENV = "MNIST_LAB_OPTUNA_STUDY", "MNIST_LAB_OPTUNA_TRIAL"
-
-
-@dataclass(frozen=True)
-class Trial:
-    """The Optuna trial a job runs: its study's name and its number in that study."""
-
-    study_name: str
-    number: int
 
 
 @dataclass(frozen=True)
@@ -37,8 +28,7 @@ class JobContext:
     choices: dict[str, Any] = field(default_factory=dict)  # group -> option, hydra/* too
     fixed_keys: frozenset[str] = frozenset()  # what the sweep's command set for every job
     parent_id: str | None = None  # the sweep's MLflow parent run
-    sweeper: Any = None  # hydra.sweeper, for the trial's storage and pruner
-    trial: Trial | None = None
+    trial: Trial | None = None  # the Optuna sweeper's trial this job runs (its public API)
 
     @property
     def launcher(self) -> str | None:
@@ -56,15 +46,13 @@ class JobContext:
         multirun = hydra.mode == RunMode.MULTIRUN
         sweep_dir = Path(hydra.sweep.dir) if multirun else None
         parent = sweep_dir / PARENT_ID_FILE if sweep_dir else None
-        trial = None
-        if TRIAL_ENV in os.environ and STUDY_ENV in os.environ:
-            trial = Trial(os.environ[STUDY_ENV], int(os.environ[TRIAL_ENV]))
-        return cls(multirun=multirun, job_num=hydra.job.get("num"), job_name=hydra.job.name,
+        job_num = hydra.job.get("num")
+        return cls(multirun=multirun, job_num=job_num, job_name=hydra.job.name,
                    sweep_dir=sweep_dir, output_dir=Path(hydra.runtime.output_dir),
                    overrides=list(hydra.overrides.task), choices=dict(hydra.runtime.choices),
                    fixed_keys=sweep_fixed_keys(sweep_dir) if sweep_dir else frozenset(),
                    parent_id=parent.read_text().strip() if parent and parent.is_file() else None,
-                   sweeper=hydra.sweeper, trial=trial)
+                   trial=trial_for(sweep_dir, job_num))
 
 
 def sweep_fixed_keys(sweep_dir: Path) -> frozenset[str]:

@@ -3,6 +3,8 @@
 Kept free of torch and MLflow imports so run.py can report a bad config in well under a second.
 """
 
+from hydra_plugins.mnist_lab_optuna_sweeper.api import TrialPruned as SweeperTrialPruned
+
 
 class LabError(Exception):
     """Bad input: reported in one line, exit status 2, before any work starts."""
@@ -31,7 +33,7 @@ class DivergedError(RuntimeError):
     """
 
 
-class TrialPruned(Exception):
+class TrialPruned(SweeperTrialPruned):
     """An Optuna trial's pruner stopped the run after `epoch` (not an error: the sweeper tells
     Optuna PRUNED). Its only argument is the epoch, so it pickles back from any launcher."""
 

@@ -84,7 +84,7 @@ def train_epoch(model: nn.Module, data: MnistTensors, optimizer: torch.optim.Opt
         bad_loss = torch.where(diverged, loss, bad_loss)
         seen += len(y)
         if bar is not None and step % 50 == 0:  # the running loss: a host sync, so not per step
-            bar.set_postfix_str(f"train/loss {loss_sum.item() / seen:.4f}", refresh=False)
+            bar.set_postfix_str(f"train/loss {loss_sum.item() / seen:.4f}")  # shown at once
     bad_step = int(first_bad)
     if bad_step >= 0:
         value = float(bad_loss)

@@ -5,8 +5,9 @@ cannot parse) in several lines with exit status 1, and it creates the job's outp
 folder before the task function could refuse a bad value. `first_problem` composes the same
 config first, with Hydra's compose API, and validates it: run.py prints a problem in one line on
 stderr and exits with status 2, and nothing is created. A sweep is composed job by job, as the
-basic sweeper expands it: refused if a job does not compose (Hydra would stop halfway) or if no job passes
-`validate`; when only some do, it runs and the others are recorded FAILED (policy.run_job).
+basic sweeper expands it: refused if a job does not compose (Hydra would stop halfway) or if no
+job passes `validate`; when only some do, it runs and the others are recorded FAILED
+(policy.run_job).
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """The per-epoch step of a job that is an Optuna trial: report `val/loss`, stop if told to.
 
-The sweeper (hydra_plugins/mnist_lab_optuna_sweeper) hands each job its study's name and trial
-number through the environment, which the job's context reads; the storage and pruner come from
-the job's own config (`hydra.sweeper`, `tracking`), so nothing is added to the user's config.
+The job's context holds its trial, found through the sweeper's public API
+(hydra_plugins/mnist_lab_optuna_sweeper/api.py), so nothing is added to the user's config.
 Outside such a sweep `trial_hook` gives None and the loop runs as always.
 """
 
@@ -34,16 +33,4 @@ class ReportToTrial:
 
 def trial_hook(cfg: DictConfig, ctx: JobContext) -> ReportToTrial | None:
     """The hook for this job's trial, or None when the job is not one."""
-    if ctx.trial is None:
-        return None
-    import optuna
-    from hydra.utils import instantiate
-
-    from mnist_lab import study as studies
-
-    storage = studies.open_storage(studies.storage_url(ctx.sweeper, cfg.tracking))
-    study = optuna.load_study(study_name=ctx.trial.study_name, storage=storage,
-                              pruner=instantiate(ctx.sweeper.pruner))
-    trial_id = storage.get_trial_id_from_study_id_trial_number(
-        storage.get_study_id_from_name(ctx.trial.study_name), ctx.trial.number)
-    return ReportToTrial(optuna.trial.Trial(study, trial_id), cfg.train.epochs)
+    return ReportToTrial(ctx.trial, cfg.train.epochs) if ctx.trial is not None else None

@@ -18,13 +18,15 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
+from hydra_plugins.mnist_lab_optuna_sweeper.api import SweeperConfigError
+from hydra_plugins.mnist_lab_optuna_sweeper.settings import check_settings
+from hydra_plugins.mnist_lab_optuna_sweeper.storages import exclusive, shown
 from mnist_lab import policy, stopping, sweep_resume
 from mnist_lab.context import PARENT_ID_FILE
 from mnist_lab.errors import ConfigError
 from mnist_lab.queries import RESUMED_AT_TAG, RESUMES_TAG
 from mnist_lab.resume import Resume
-from mnist_lab.study import (check, exclusive, is_optuna_sweep, settle_study, shown,
-                             storage_url, study_name)
+from mnist_lab.study import is_optuna_sweep, settle_study, study_name, use_lab_storage
 
 
 class MlflowSweepCallback(Callback):
@@ -35,9 +37,10 @@ class MlflowSweepCallback(Callback):
         optuna = is_optuna_sweep(config)
         if optuna:  # a bad hydra.sweeper key stops here, before the store is touched
             try:
-                check(config.hydra.sweeper)
-            except ConfigError as err:
+                check_settings(config.hydra.sweeper)
+            except SweeperConfigError as err:
                 policy.refuse(err)
+            use_lab_storage(config)
         overrides = list(config.hydra.overrides.task)
         stopping.guard_sweep(f"continue the sweep with "
                              f"{policy.resume_command(overrides, sweep=True)} (finished jobs "
@@ -137,8 +140,8 @@ def join_study(config: DictConfig, name: str, tags: dict[str, str]):
     from mnist_lab.liveness import process_tags
     from mnist_lab.store import connect
 
-    url = storage_url(config.hydra.sweeper, config.tracking)
-    name_of_study = study_name(config.hydra.sweeper, config.hydra)
+    url = config.hydra.sweeper.storage  # use_lab_storage filled it in
+    name_of_study = study_name(config)
     tags = {**tags, "optuna.study": name_of_study, "optuna.storage": shown(url)}
     with exclusive(url, name_of_study):
         client, experiment_id = connect(config.tracking)

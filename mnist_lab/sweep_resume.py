@@ -180,14 +180,15 @@ def retry_lost_trials(client, parent_id: str, config: DictConfig) -> None:
     trial, and its MLflow run goes to the trash, as a grid's failed job's does."""
     import optuna
 
-    from mnist_lab import study as studies
+    from hydra_plugins.mnist_lab_optuna_sweeper import storages
+    from mnist_lab.study import study_name
 
-    url = studies.storage_url(config.hydra.sweeper, config.tracking)
-    name = studies.study_name(config.hydra.sweeper, config.hydra)
-    with studies.exclusive(url, name):
-        storage = studies.open_storage(url, config.hydra.sweeper)
+    sweeper = config.hydra.sweeper
+    url, name = sweeper.storage, study_name(config)  # the lab's storage: study.use_lab_storage
+    with storages.exclusive(url, name):
+        storage = storages.open_storage(url, sweeper.heartbeat_interval, sweeper.grace_period)
         study = optuna.load_study(study_name=name, storage=storage)
-        optuna.storages.fail_stale_trials(study)
+        storages.fail_lost_trials(study, sweeper.grace_period)
         trials = study.get_trials(deepcopy=False)
         retried = {t.user_attrs.get("retry_of") for t in trials}
         lost = [t for t in trials

@@ -7,13 +7,14 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from helpers import ROOT, compose_config, run_lab, tiny_overrides
+from hydra_plugins.mnist_lab_optuna_sweeper.settings import check_settings
 from mnist_lab.identity import config_key, flatten
 from mnist_lab.preflight import first_problem
 from mnist_lab.job import build_optimizer
 from mnist_lab.models import build_model
 from mnist_lab.errors import ConfigError
 from mnist_lab.schema import job_config
-from mnist_lab.study import check, is_optuna_sweep
+from mnist_lab.study import is_optuna_sweep
 from mnist_lab.validation import validate
 
 GROUPS = {
@@ -158,7 +159,7 @@ def test_every_experiment_composes_and_validates(name):
     sweeper's settings as well (every plugin an experiment names is installed with the lab)."""
     composed = compose_config([f"experiment={name}"], return_hydra_config=True)
     if is_optuna_sweep(composed):
-        check(composed.hydra.sweeper)
+        check_settings(composed.hydra.sweeper)
     cfg = job_config(composed)
     validate(cfg)
     model = build_model(cfg)

@@ -1,12 +1,17 @@
-"""Hydra's sweep syntax to Optuna distributions, as Hydra's own Optuna sweeper reads it:
+"""Hydra's sweep syntax to Optuna distributions, case by case as Hydra's own Optuna sweeper reads:
 
-    optim.lr=tag(log, interval(1e-4, 1e-2))   log-uniform float
-    dropout.p=interval(0.0, 0.5)              uniform float
-    data.limit=int(interval(1000, 5000))      uniform int (Hydra reads interval's bounds as floats)
-    train.batch_size=choice(32, 64, 128)      categorical
-    train.epochs=range(2, 8, 2)               int (or float) grid 2, 4, 6; shuffle(...): categorical
+    x=choice(1, 2)                       categorical [1, 2]
+    x=shuffle(range(1, 3))               categorical of range's values [1, 2]
+    x=range(1, 3)                        int 1..3, both ends included (Hydra's basic sweeper: 1, 2)
+    x=range(0.5, 5.5, step=1)            float 0.5..5.5 in steps of 1
+    x=interval(1, 5)                     uniform float (Hydra reads interval's bounds as floats)
+    x=int(interval(1, 5))                uniform int
+    x=tag(log, interval(1e-4, 1e-2))     log-uniform float; with int(...), log-uniform int
 
-Anything else (`model=cnn`, `+x=1`) is fixed and passed to every trial as written.
+Anything else (`model=cnn`, `+x=1`, `~z`) is fixed and passed to every trial as written. The
+grid sampler takes each distribution's points as Hydra's plugin does: a range without its end.
+`hydra.sweeper.search_space` (deprecated by Hydra) is read in its old form, a mapping of name to
+`{type: int | float | categorical, low, high, step, log, choices}`.
 """
 
 from __future__ import annotations
@@ -28,12 +33,10 @@ def distribution(override: Override):
     if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
         return CategoricalDistribution(list(override.sweep_iterator(Transformer.encode)))
     if override.is_range_sweep():
-        points = list(override.sweep_iterator())
-        if len(points) < 2 or value.step < 0:
-            return CategoricalDistribution(points)
-        if all(isinstance(p, int) for p in points):
-            return IntDistribution(points[0], points[-1], step=int(value.step))
-        return FloatDistribution(points[0], points[-1], step=value.step)
+        if any(isinstance(v, float) for v in (value.start, value.stop, value.step)):
+            return FloatDistribution(float(value.start), float(value.stop),
+                                     step=float(value.step) if value.step else None)
+        return IntDistribution(int(value.start), int(value.stop), step=int(value.step))
     if override.is_interval_sweep():
         log = "log" in value.tags
         if isinstance(value.start, int) and isinstance(value.end, int):
@@ -47,11 +50,49 @@ def parse(lines: list[str]) -> tuple[dict[str, Any], list[str]]:
     twice takes its last value: the command line after `hydra.sweeper.params`."""
     last: dict[str, Override] = {}
     for override in OverridesParser.create().parse_overrides(lines):
-        last.pop(override.get_key_element(), None)
-        last[override.get_key_element()] = override
+        key = override.input_line if override.is_delete() else override.get_key_element()
+        last.pop(key, None)
+        last[key] = override
     space = {key: distribution(o) for key, o in last.items() if o.is_sweep_override()}
     fixed = [o.input_line for o in last.values() if not o.is_sweep_override()]
     return space, fixed
+
+
+def from_search_space(search_space) -> dict[str, Any]:
+    """Hydra's deprecated `hydra.sweeper.search_space` as distributions."""
+    from optuna.distributions import (CategoricalDistribution, FloatDistribution,
+                                      IntDistribution)
+
+    space = {}
+    for name, spec in (search_space or {}).items():
+        kind = str(spec["type"]).rpartition(".")[2]  # a name, or DistributionType.int
+        log, step = bool(spec.get("log")), spec.get("step")
+        if kind == "categorical":
+            space[str(name)] = CategoricalDistribution(list(spec["choices"]))
+        elif kind == "int":
+            space[str(name)] = IntDistribution(int(spec["low"]), int(spec["high"]), log=log,
+                                               step=1 if log or step is None else int(step))
+        elif kind == "float":
+            space[str(name)] = FloatDistribution(float(spec["low"]), float(spec["high"]),
+                                                 log=log, step=None if log else step)
+        else:
+            raise ValueError(f"search_space.{name}: type {spec['type']!r} is not int, float or "
+                             "categorical")
+    return space
+
+
+def grid_points(name: str, distribution) -> list:
+    """The points the grid sampler tries for one distribution (Hydra's plugin's rule)."""
+    from optuna.distributions import (CategoricalDistribution, FloatDistribution,
+                                      IntDistribution)
+
+    if isinstance(distribution, CategoricalDistribution):
+        return list(distribution.choices)
+    if isinstance(distribution, (IntDistribution, FloatDistribution)) and distribution.step:
+        count = int((distribution.high - distribution.low) // distribution.step)
+        return [distribution.low + i * distribution.step for i in range(count)]
+    raise ValueError(f"{name}: the grid sampler takes choice and range sweeps, not a continuous "
+                     "interval")
 
 
 def as_override(name: str, value: Any) -> str:

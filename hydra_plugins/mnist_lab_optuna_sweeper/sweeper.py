@@ -1,15 +1,17 @@
 """The Sweeper: ask Optuna for trials, run them through the launcher, tell Optuna how they ended.
 
-Trials go to the launcher in batches of `n_jobs` (basic, joblib or submitit alike). Each job
-learns its study and trial number from the environment (`+hydra.job.env_set`, outside the user's
-config) and reports `val/loss` after every epoch to that trial (mnist_lab/pruning.py); a job
-stopped by the pruner raises TrialPruned, which comes back in its JobReturn.
+Any Hydra app can use it: a task function returns a float (a tuple with several directions), and
+may report intermediate values to its trial and stop when the pruner says (api.py). Trials go to
+the launcher in batches of `n_jobs` (basic, joblib or submitit alike), and a batch's job numbers
+are its trials' numbers, so a job finds its trial from the sweep folder. A job that raises
+`TrialPruned` (or Optuna's) is PRUNED; one that raises otherwise, or returns what is not a
+number, FAIL, and after each batch `max_failure_rate` decides whether the sweep goes on, as in
+Hydra's plugin. A non-finite value (an app's way to say "failed, go on") is FAIL too.
 
 Any number of processes may run the same command on one study: asking is done under a lock
-held in the database (mnist_lab.study.exclusive), after counting every trial already asked, so
-`n_trials` is the study's budget, not each process's. While a batch runs, this process beats a
-heartbeat for its trials; a trial whose process died (no beat for `grace_period`) is failed by
-the next process that asks, so it never holds up the others.
+(storages.exclusive), after counting every trial already asked, so `n_trials` is the study's
+budget, not each process's. While a batch runs, this process beats a heartbeat for its trials; a
+trial whose process died is failed by the next process that asks.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any, List, Optional
@@ -28,35 +30,36 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.mnist_lab_optuna_sweeper import search_space
+from hydra_plugins.mnist_lab_optuna_sweeper import search_space, storages
+from hydra_plugins.mnist_lab_optuna_sweeper.api import STUDY_FILE, SweeperConfigError, TrialPruned
+from hydra_plugins.mnist_lab_optuna_sweeper.settings import (check_settings, configure_function,
+                                                              directions)
 
 log = logging.getLogger(__name__)
 
 
-class Heartbeat:
-    """Records a beat for each trial every `interval` seconds until the block ends."""
+def refuse(err: Exception) -> None:
+    """A setting that can't work: one line, exit status 2, before any trial."""
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
 
-    def __init__(self, storage, trial_ids: list[int], interval: float):
-        self.storage, self.trial_ids, self.interval = storage, trial_ids, interval
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._beat, daemon=True, name="optuna-heartbeat")
 
-    def _beat(self) -> None:
-        while not self.stop.wait(self.interval):
-            for trial_id in self.trial_ids:
-                self.storage.record_heartbeat(trial_id)
+def study_name(sweeper: DictConfig, sweep_dir: str) -> str:
+    """`hydra.sweeper.study_name`; without one, each sweep folder is a study of its own."""
+    return sweeper.study_name or f"sweep:{sweep_dir}"
 
-    def __enter__(self):
-        self.thread.start()
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join()
+def storage_url(sweeper: DictConfig, sweep_dir: str) -> str:
+    """`hydra.sweeper.storage`, else `optuna.db` in the sweep folder: a study is never only in
+    memory, so a job in another process reaches it and a stopped sweep continues."""
+    if sweeper.storage:
+        return sweeper.storage
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(sweep_dir).resolve() / 'optuna.db'}"
 
 
 class OptunaSweeper(Sweeper):
-    def __init__(self, sampler: Any, pruner: Any, **settings: Any) -> None:
+    def __init__(self, sampler: Any, pruner: Any = None, **settings: Any) -> None:
         # sampler and pruner arrive built by Hydra's instantiate; the other keys are read from
         # hydra.sweeper in setup, once they are checked
         self.sampler, self.pruner = sampler, pruner
@@ -65,16 +68,13 @@ class OptunaSweeper(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
-        from mnist_lab.errors import ConfigError
-        from mnist_lab.study import check
-
         self.config = config
         self.settings = config.hydra.sweeper
+        self.app_module = getattr(task_function, "__module__", "__main__")
         try:
-            check(self.settings)
-        except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+            check_settings(self.settings, self.app_module)
+        except SweeperConfigError as err:
+            refuse(err)
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)
 
@@ -87,96 +87,134 @@ class OptunaSweeper(Sweeper):
             warnings.filterwarnings("ignore", category=ExperimentalWarning)
             self._sweep(arguments)
 
-    def _sweep(self, arguments: List[str]) -> None:
-        import optuna
-
-        from mnist_lab import study as studies
-        from mnist_lab.context import STUDY_ENV, TRIAL_ENV
-        from mnist_lab.errors import ConfigError
-
+    def search(self, arguments: List[str]):
+        """(distributions, fixed overrides, sampler, n_trials) from params, the deprecated
+        search_space and the command line; a problem is refused before the study is opened."""
         settings = self.settings
         params = [f"{k}={v}" for k, v in (settings.params or {}).items()]
         try:
             space, fixed = search_space.parse(params + list(arguments))
+            if settings.search_space:
+                warnings.warn("hydra.sweeper.search_space is deprecated (as in Hydra's Optuna "
+                              "sweeper): configure the search space with hydra.sweeper.params",
+                              UserWarning, stacklevel=2)
+                space = {**search_space.from_search_space(settings.search_space), **space}
+            sampler, n_trials = self.sampler, settings.n_trials
+            if callable(sampler) and getattr(sampler, "func", None) is not None:  # grid: partial
+                grid = {k: search_space.grid_points(k, d) for k, d in space.items()}
+                sampler = sampler(grid)
+                n_trials = min(n_trials, math.prod(len(v) for v in grid.values()))
+                log.info(f"Updating num of trials to {n_trials} due to using GridSampler.")
         except ValueError as err:
-            print(f"error: hydra.sweeper.params: {err}", file=sys.stderr)
-            sys.exit(2)
-        url = studies.storage_url(settings, self.config.tracking)
-        name = studies.study_name(settings, self.config.hydra)
-        with studies.exclusive(url, name):  # the first process creates the tables, alone
-            storage = studies.open_storage(url, settings)
-            try:
-                study = studies.open_study(storage, name, settings.direction, self.sampler,
-                                           self.pruner)
-            except ConfigError as err:
-                print(f"error: {err}", file=sys.stderr)
-                sys.exit(2)
-        log.info(f"Optuna study {name!r} in {studies.shown(url)}: {settings.n_trials} trials, "
-                 f"{type(self.sampler).__name__}, {type(self.pruner).__name__}")
-        while trials := self.ask(study, storage, url, space):
-            overrides = [[*fixed, *(search_space.as_override(k, v) for k, v in t.params.items()),
-                          search_space.as_override(f"+hydra.job.env_set.{STUDY_ENV}", name),
-                          f"+hydra.job.env_set.{TRIAL_ENV}={t.number}"]
-                         for t in trials.values()]
-            with Heartbeat(storage, list(trials), settings.heartbeat_interval):
+            refuse(f"hydra.sweeper.params: {err}")
+        return space, fixed, sampler, n_trials
+
+    def _sweep(self, arguments: List[str]) -> None:
+        import optuna
+
+        settings, sweep_dir = self.settings, self.config.hydra.sweep.dir
+        space, fixed, sampler, n_trials = self.search(arguments)
+        extend = None
+        if settings.custom_search_space:
+            extend = configure_function(settings.custom_search_space, self.app_module)
+        url, name = storage_url(settings, sweep_dir), study_name(settings, sweep_dir)
+        objectives = directions(settings.direction)
+        with storages.exclusive(url, name):  # the first process creates the tables, alone
+            storage = storages.open_storage(url, settings.heartbeat_interval,
+                                            settings.grace_period)
+            study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
+                                        pruner=self.pruner, directions=objectives,
+                                        load_if_exists=True)
+            if [d.name.lower() for d in study.directions] != objectives:
+                refuse(f"hydra.sweeper.direction={objectives} is not allowed: study {name!r} in "
+                       f"{storages.shown(url)} has {[d.name.lower() for d in study.directions]}; "
+                       "use another hydra.sweeper.study_name")
+            if settings.metric_names and study.metric_names is None:
+                study.set_metric_names(list(settings.metric_names))
+            for params in settings.enqueue or []:  # once per study, however often it runs
+                study.enqueue_trial(OmegaConf.to_container(params), skip_if_exists=True)
+        Path(sweep_dir).mkdir(parents=True, exist_ok=True)  # how each job finds its trial
+        OmegaConf.save({"study_name": name, "storage": url, "pruner": settings.get("pruner")},
+                       Path(sweep_dir) / STUDY_FILE)
+        log.info(f"Optuna study {name!r} in {storages.shown(url)}: {n_trials} trials, "
+                 f"{type(study.sampler).__name__}, {type(study.pruner).__name__}")
+        deadline = time.monotonic() + settings.timeout if settings.timeout else math.inf
+        while time.monotonic() < deadline and (trials := self.ask(study, url, space, n_trials)):
+            overrides = []
+            for trial in trials.values():
+                if extend is not None:
+                    extend(self.config, trial)
+                overrides.append([*fixed, *(search_space.as_override(k, v)
+                                            for k, v in trial.params.items())])
+            with storages.Heartbeat(storage, list(trials), settings.heartbeat_interval):
                 try:
-                    # a batch's numbers are consecutive (asked under the lock), so job number =
-                    # trial number: workers sharing a sweep folder write to different subfolders
                     returns = self.launcher.launch(
                         overrides, initial_job_idx=min(t.number for t in trials.values()))
-                    for trial, ret in zip(trials.values(), returns):
-                        self.tell(study, trial.number, ret)
+                    failed = [r for t, r in zip(trials.values(), returns)
+                              if not self.tell(study, t.number, r, len(objectives))]
                 except BaseException:  # Ctrl-C, or the launcher failed: its trials end here
                     for trial_id, trial in trials.items():
                         if storage.get_trial(trial_id).state == optuna.trial.TrialState.RUNNING:
                             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
                     raise
-        self.report(study)
+            if len(failed) / len(returns) > settings.max_failure_rate:
+                log.error(f"Failed {len(failed)} times out of {len(returns)} with "
+                          f"max_failure_rate={settings.max_failure_rate}.")
+                for ret in failed:
+                    ret.return_value  # raises the job's own error, with its traceback
+        self.report(study, len(objectives))
 
-    def ask(self, study, storage, url: str, space: dict) -> dict:
+    def ask(self, study, url: str, space: dict, n_trials: int) -> dict:
         """The next batch of trials, by storage id: up to n_jobs, within the study's budget
         after every process's trials so far. Empty when the budget is spent."""
-        import optuna
-
-        from mnist_lab import study as studies
-
-        with studies.exclusive(url, study.study_name):
-            optuna.storages.fail_stale_trials(study)  # the trials of processes that died
-            size = min(self.settings.n_jobs, self.settings.n_trials - studies.spent(study))
+        with storages.exclusive(url, study.study_name):
+            lost = storages.fail_lost_trials(study, self.settings.grace_period)
+            if lost:
+                log.warning(f"trials {lost} lost their process (no heartbeat): failed")
+            size = min(self.settings.n_jobs, n_trials - storages.spent(study))
             trials = {}
             for _ in range(max(size, 0)):
                 trial = study.ask(space)
-                trial_id = storage.get_trial_id_from_study_id_trial_number(
-                    storage.get_study_id_from_name(study.study_name), trial.number)
-                storage.record_heartbeat(trial_id)  # alive from the start, never unwatched
+                trial_id = trial._trial_id
+                storages.beat(study._storage, trial_id)  # alive from the start, never unwatched
                 trials[trial_id] = trial
             return trials
 
     @staticmethod
-    def tell(study, number: int, ret) -> None:
-        """COMPLETE with the job's value, PRUNED if the pruner stopped it, FAIL otherwise."""
+    def tell(study, number: int, ret, objectives: int) -> bool:
+        """COMPLETE with the job's value(s), PRUNED if its pruner stopped it, FAIL otherwise.
+        False when the job failed (raised, or returned what is not a value) for max_failure_rate."""
+        from optuna.exceptions import TrialPruned as OptunaPruned
         from optuna.trial import TrialState
 
-        from mnist_lab.errors import TrialPruned
-
-        if ret.status == JobStatus.FAILED and isinstance(ret._return_value, TrialPruned):
+        raised = ret.status == JobStatus.FAILED and ret._return_value
+        if isinstance(raised, (TrialPruned, OptunaPruned)):
             study.tell(number, state=TrialState.PRUNED)  # (return_value would print an error)
-            log.info(f"trial {number} {ret._return_value}")
-            return
+            log.info(f"trial {number} pruned: {raised}")
+            return True
         try:
-            value = float(ret.return_value)
+            given = ret.return_value
+            values = [float(v) for v in (given if objectives > 1 else [given])]
+            if len(values) != objectives:
+                raise ValueError(f"{len(values)} values for {objectives} directions")
         except Exception as err:
             log.warning(f"trial {number} failed: {type(err).__name__}: {err}")
             study.tell(number, state=TrialState.FAIL)
-            return
-        if not math.isfinite(value):  # run.py's score for a job that failed (policy.run_job)
-            log.warning(f"trial {number} failed (objective {value})")
+            return False
+        if not all(math.isfinite(v) for v in values):  # an app's failed job, reported as such
+            log.warning(f"trial {number} failed (objective {values})")
             study.tell(number, state=TrialState.FAIL)
-            return
-        study.tell(number, value)
+            return True
+        try:
+            study.tell(number, values)
+        except RuntimeError as err:  # the grid sampler stops the study once its grid is done
+            if "Study.stop" not in str(err):
+                raise
+        return True
 
-    def report(self, study) -> None:
-        """The best trial so far, logged and written to optimization_results.yaml."""
+    def report(self, study, objectives: int) -> None:
+        """The best trial (the Pareto front with several directions), logged and written to
+        optimization_results.yaml in the sweep folder, as Hydra's plugin writes it."""
         from optuna.trial import TrialState
 
         counts = {s: len(study.get_trials(deepcopy=False, states=[TrialState[s]]))
@@ -185,11 +223,17 @@ class OptunaSweeper(Sweeper):
                  ", ".join(f"{n} {s.lower()}" for s, n in counts.items()))
         if not counts["COMPLETE"]:
             return
-        best = study.best_trial
-        log.info(f"Best value {best.value}: trial {best.number}, parameters {best.params}")
-        results = {"name": "optuna", "study_name": study.study_name, "best_trial": best.number,
-                   "best_params": best.params, "best_value": best.value,
+        results = {"name": "optuna", "study_name": study.study_name,
                    "trials": {s.lower(): n for s, n in counts.items()}}
+        if objectives == 1:
+            best = study.best_trial
+            log.info(f"Best value {best.value}: trial {best.number}, parameters {best.params}")
+            results.update(best_params=best.params, best_value=best.value, best_trial=best.number)
+        else:
+            front = study.best_trials
+            log.info(f"Number of Pareto solutions: {len(front)}")
+            results["solutions"] = [{"params": t.params, "values": t.values, "trial": t.number}
+                                    for t in front]
         out = Path(self.config.hydra.sweep.dir)
         out.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(results), out / "optimization_results.yaml")

@@ -1,0 +1,228 @@
+"""The Optuna sweeper as a Hydra plugin for any app: the example apps in examples/optuna (which
+know nothing of the lab) swept as Hydra's own plugin's tests sweep its examples, and the grammar
+mapped case by case as Hydra's plugin maps it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from helpers import ROOT
+from hydra_plugins.mnist_lab_optuna_sweeper import search_space
+
+EXAMPLES = ROOT / "examples" / "optuna"
+
+
+def sweep(app: str, tmp_path: Path, *overrides: str, config_dir: Path | None = None,
+          ok: bool = True) -> subprocess.CompletedProcess:
+    """`python examples/optuna/APP.py -m OVERRIDES` into tmp_path/sweep, from tmp_path."""
+    extra = [f"--config-dir={config_dir}"] if config_dir else []
+    result = subprocess.run([sys.executable, str(EXAMPLES / f"{app}.py"), "-m", *extra,
+                             f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    if ok:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def results(tmp_path: Path):
+    return OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml")
+
+
+def study(tmp_path: Path, name: str):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'sweep'}/optuna.db")
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("key=choice(1,2)", CategoricalDistribution([1, 2])),
+    ("key=choice(true, false)", CategoricalDistribution([True, False])),
+    ("key=choice('hello', 'world')", CategoricalDistribution(["hello", "world"])),
+    ("key=shuffle(range(1,3))", CategoricalDistribution((1, 2))),
+    ("key=range(1,3)", IntDistribution(1, 3)),  # Hydra's basic sweeper: 1, 2
+    ("key=range(0.5, 5.5, step=1)", FloatDistribution(0.5, 5.5, step=1)),
+    ("key=interval(1, 5)", FloatDistribution(1, 5)),
+    ("key=int(interval(1, 5))", IntDistribution(1, 5)),
+    ("key=tag(log, interval(1, 5))", FloatDistribution(1, 5, log=True)),
+    ("key=tag(log, int(interval(1, 5)))", IntDistribution(1, 5, log=True)),
+])
+def test_the_grammar_maps_to_the_distributions_hydras_plugin_builds(given, expected):
+    actual = search_space.distribution(OverridesParser.create().parse_overrides([given])[0])
+    if isinstance(expected, CategoricalDistribution):  # shuffle orders the choices at random
+        assert isinstance(actual, CategoricalDistribution)
+        assert set(actual.choices) == set(expected.choices)
+    else:
+        assert actual == expected
+
+
+def test_fixed_values_and_deletions_pass_through_unswept():
+    space, fixed = search_space.parse(["key1=choice(1,2)", "key2=5", "~z", "~w=10"])
+    assert space == {"key1": CategoricalDistribution([1, 2])}
+    assert fixed == ["key2=5", "~z", "~w=10"]
+
+
+def test_the_deprecated_search_space_is_read_in_its_old_form():
+    space = search_space.from_search_space({
+        "x": {"type": "float", "low": 0.0, "high": 1.0, "log": False},
+        "n": {"type": "int", "low": 1, "high": 9, "step": 2},
+        "c": {"type": "categorical", "choices": ["a", "b"]}})
+    assert space == {"x": FloatDistribution(0.0, 1.0), "n": IntDistribution(1, 9, step=2),
+                     "c": CategoricalDistribution(["a", "b"])}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_command_line", [True, False])
+def test_the_sphere_example_writes_the_studys_best(tmp_path, with_command_line):
+    extra = ["x=choice(0, 1, 2)", "y=0"] if with_command_line else []
+    sweep("sphere", tmp_path, "hydra.sweeper.n_trials=20", "hydra.sweeper.sampler.seed=123",
+          "~z", *extra)
+    found, best = results(tmp_path), study(tmp_path, "sphere").best_trial
+    assert found.name == "optuna" and found.best_value == best.value
+    assert dict(found.best_params) == best.params
+    assert ("y" in best.params) != with_command_line  # a fixed value is not searched
+    assert found.best_value <= 2.27  # Hydra's test's bound for TPE with 20 trials
+
+
+@pytest.mark.slow
+def test_the_grid_sampler_covers_its_grid(tmp_path):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "grid.yaml").write_text(
+        "defaults:\n  - override hydra/sweeper: optuna\n  - override hydra/sweeper/sampler: grid\n"
+        "hydra:\n  sweeper:\n    study_name: grid\n    n_trials: 20\n    n_jobs: 1\n"
+        "    params:\n      x: choice(-1, 1)\n      y: range(-1.0, 1.0, step=1)\n"
+        "      z: choice(\"foo\", \"bar\")\nx: 1\ny: 1\nz: foo\n")
+    sweep("sphere", tmp_path, "--config-name=grid", config_dir=conf)
+    trials = study(tmp_path, "grid").trials
+    assert len(trials) == 8  # n_trials is cut to the grid's size
+    assert {(t.params["x"], t.params["y"], t.params["z"]) for t in trials} == {
+        (x, y, z) for x in (-1, 1) for y in (-1.0, 0.0) for z in ("foo", "bar")}
+    found = results(tmp_path)
+    assert found.best_value == 1 and abs(found.best_params.x) == 1 and found.best_params.y == 0
+
+
+def dominates(a: list[float], b: list[float]) -> bool:
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_command_line", [True, False])
+def test_two_objectives_give_the_pareto_front(tmp_path, with_command_line):
+    extra = ["x=range(0, 5)", "y=range(0, 3)"] if with_command_line else []
+    sweep("two_objectives", tmp_path, "hydra/sweeper/sampler=random", *extra)
+    solutions = results(tmp_path).solutions
+    front = study(tmp_path, "two-objectives").best_trials
+    assert sorted(s.trial for s in solutions) == sorted(t.number for t in front)
+    for a in solutions:
+        step = 1 if with_command_line else 0.5
+        assert a.params.x % step == 0 and a.params.y % step == 0
+        assert not any(dominates(list(b["values"]), list(a["values"])) for b in solutions)
+    assert study(tmp_path, "two-objectives").metric_names == ["f1", "f2"]
+
+
+@pytest.mark.slow
+def test_a_custom_search_space_beside_the_app(tmp_path):
+    sweep("custom_space", tmp_path, "hydra/sweeper/sampler=random", "max_z_difference_from_x=0.3")
+    best = results(tmp_path).best_params
+    assert abs(best.x - best.z) <= 0.3 and 0 <= best["+w"] <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("max_failure_rate", [0.5, 1.0])
+def test_max_failure_rate_stops_the_sweep_only_above_it(tmp_path, max_failure_rate):
+    result = sweep("sphere", tmp_path, "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2",
+                   "hydra/sweeper/sampler=random", "error=true",
+                   f"hydra.sweeper.max_failure_rate={max_failure_rate}", ok=False)
+    stopped = "RuntimeError: cfg.error is True" in result.stderr
+    assert stopped == (max_failure_rate < 1.0) and (result.returncode != 0) == stopped
+    trials = study(tmp_path, "sphere").trials
+    assert len(trials) == (2 if stopped else 6)  # stopped after its first batch
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in trials)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "nsgaii", "qmc", "gp", "grid"])
+def test_every_sampler_sweeps(tmp_path, sampler):
+    space = ["x=choice(-1, 0, 1)", "y=choice(-5, 0)"] if sampler == "grid" else []
+    sweep("sphere", tmp_path, f"hydra/sweeper/sampler={sampler}", "hydra.sweeper.n_trials=4",
+          *space)
+    trials = study(tmp_path, "sphere").trials
+    assert len(trials) == 4 and all(t.state.name == "COMPLETE" for t in trials)
+    assert results(tmp_path).best_value == min(t.value for t in trials)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_task_function_reports_and_is_pruned_through_the_public_api(tmp_path, launcher):
+    sweep("pruned", tmp_path, f"hydra/launcher={launcher}", "hydra.sweeper.n_jobs=2")
+    trials = study(tmp_path, "pruned").trials
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert pruned and complete and len(pruned) + len(complete) == 12
+    assert all(t.intermediate_values for t in trials)  # every job found its own trial
+    assert all(t.user_attrs == {"steps": 10} for t in complete)
+    assert all(abs(t.params["x"] - 2) > min(abs(c.params["x"] - 2) for c in complete)
+               for t in pruned)  # the pruner stopped worse trials than the best
+
+
+@pytest.mark.slow
+def test_enqueued_settings_run_first_and_the_timeout_stops_new_trials(tmp_path):
+    sweep("sphere", tmp_path, "hydra.sweeper.n_trials=5", "hydra.sweeper.enqueue=[{x: 0.5, y: 0}]")
+    assert study(tmp_path, "sphere").trials[0].params == {"x": 0.5, "y": 0}
+    sweep("sphere", tmp_path, "hydra.sweeper.study_name=timed", "hydra.sweeper.n_trials=50",
+          "hydra.sweeper.timeout=0.000001")
+    assert len(study(tmp_path, "timed").trials) == 0
+
+
+@pytest.mark.parametrize("override, says", [
+    ("+hydra.sweeper.colour=red", "hydra.sweeper.colour='red' is not allowed: not a key"),
+    ("hydra.sweeper.direction=[minimize,up]", "hydra.sweeper.direction=['minimize', 'up']"),
+    ("hydra.sweeper.max_failure_rate=1.5", "a share of a batch, from 0 to 1"),
+    ("hydra.sweeper.custom_search_space=nowhere.configure", "custom_search_space='nowhere"),
+])
+def test_a_setting_that_cant_work_is_refused_in_one_line(tmp_path, override, says):
+    result = sweep("sphere", tmp_path, override, ok=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert says in result.stderr
+    assert not (tmp_path / "sweep" / "optuna.db").exists()
+
+
+def test_pruning_with_several_objectives_is_refused(tmp_path):
+    result = sweep("two_objectives", tmp_path, "hydra/sweeper/pruner=median", ok=False)
+    assert result.returncode == 2 and "Optuna cannot prune a multi-objective study" in result.stderr
+
+
+def test_a_journal_files_lost_trial_is_failed_by_the_next_process(tmp_path):
+    """A Journal file has no heartbeat of Optuna's own: the sweeper keeps one per trial, and
+    a trial whose beat is older than the grace period is failed, as on a database."""
+    import time
+
+    from hydra_plugins.mnist_lab_optuna_sweeper import storages
+
+    url = f"journal:///{tmp_path}/study.log"
+    mine = optuna.create_study(storage=storages.open_storage(url), study_name="s")
+    alive, dead = mine.ask(), mine.ask()
+    storages.beat(mine._storage, alive._trial_id)
+    mine._storage.set_trial_system_attr(dead._trial_id, storages.BEAT_ATTR, time.time() - 1000)
+    other = optuna.load_study(study_name="s", storage=storages.open_storage(url))  # another process
+    assert storages.fail_lost_trials(other, grace_period=120) == [dead.number]
+    assert [t.state.name for t in other.get_trials()] == ["RUNNING", "FAIL"]
+
+
+@pytest.mark.slow
+def test_a_study_in_a_journal_file_continues_toward_its_budget(tmp_path):
+    storage = f"hydra.sweeper.storage=journal:///{tmp_path}/sphere.log"
+    sweep("sphere", tmp_path, storage, "hydra.sweeper.n_trials=3")
+    sweep("sphere", tmp_path, storage, "hydra.sweeper.n_trials=5")  # the same command, more
+    from hydra_plugins.mnist_lab_optuna_sweeper.storages import open_storage
+
+    trials = optuna.load_study(study_name="sphere",
+                               storage=open_storage(f"journal:///{tmp_path}/sphere.log")).trials
+    assert len(trials) == 5 and all(t.state.name == "COMPLETE" for t in trials)
