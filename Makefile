@@ -48,4 +48,5 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench.py $(ARGS)
 
 clean:
-	rm -rf outputs multirun
+	@echo "removing outputs/ and multirun/ (run folders) and checkpoints/ (resumable epochs); mlruns/ (MLflow) stays"
+	rm -rf outputs multirun checkpoints

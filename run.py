@@ -5,6 +5,7 @@
     python run.py -m experiment=notebook
 """
 
+import os
 import sys
 
 import hydra
@@ -21,6 +22,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    # MLflow's per-file download bars would interrupt a sweep's summary; =true shows them
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mnist_lab.preflight import first_problem
 
     problem = first_problem(sys.argv[1:])  # a bad override: one line, exit 2, no outputs/ folder

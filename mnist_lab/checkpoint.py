@@ -8,6 +8,7 @@ leaves the previous complete checkpoint. Every load uses `weights_only=True`.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
@@ -25,6 +26,7 @@ from mnist_lab.errors import CheckpointError
 from mnist_lab.identity import config_key
 
 LAST = "last.ckpt"
+FINISHED = "finished.json"  # in place of last.ckpt once the run completed
 IDENTITY_KEYS = ("run_id", "config_key", "overrides")  # which run a checkpoint belongs to
 RESUME_KEYS = {"model", "optimizer", "scheduler", "rng", "epoch", "history", "best_epoch",
                "best_val_loss", "best_state"}  # what TrainingState.restore reads
@@ -149,3 +151,21 @@ def load_last(path: Path) -> dict:
         raise CheckpointError(f"{path}: not a resumable checkpoint (it lacks "
                               f"{', '.join(sorted(missing))}); resume=false starts afresh")
     return state
+
+
+def mark_finished(folder: Path, state: TrainingState) -> None:
+    """A run that completed keeps no `last.ckpt` (its best weights are in its folder and in
+    MLflow): a small `finished.json` takes its place, so `resume=true` says it is complete."""
+    marker = {**state.identity, "best_val_loss": state.best_val_loss, "epoch": state.epoch,
+              "history": state.history}
+    partial = folder / f".{FINISHED}.partial"
+    partial.write_text(json.dumps(marker))
+    os.replace(partial, folder / FINISHED)
+    (folder / LAST).unlink(missing_ok=True)
+
+
+def finished_marker(folder: Path) -> dict | None:
+    """What `mark_finished` left in `folder`, or None."""
+    path = folder / FINISHED
+    return json.loads(path.read_text()) if path.is_file() else None
+

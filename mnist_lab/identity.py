@@ -16,7 +16,7 @@ GROUPS = ("model", "optim", "init", "sched", "dropout")  # in `choices`, logged 
 # Keys that don't change what a run computes: the same training continues (resume) and the same
 # checkpoint folder is used whatever their values.
 NOT_IDENTITY = ("resume", "tracking", "train.progress", "checkpoint", "launcher", "threads",
-                "eval", "output_dir")
+                "eval", "output_dir", "objectives")
 
 
 def identifies_run(dotted: str) -> bool:

@@ -131,8 +131,8 @@ def run(cfg: DictConfig, ctx: JobContext = JobContext()) -> float:
         resume_state = continue_job(cfg, ctx)
     else:
         resume_state = find_resume(cfg, ctx)
-    if resume_state and resume_state.get("complete"):
-        return resume_state["best_val_loss"]  # a finished job of a resumed sweep: untouched
+    if resume_state and resume_state.get("complete"):  # a finished job: untouched
+        return objective(cfg, resume_state["best_val_loss"], count_parameters(build_model(cfg)))
     # inputs before the store: opening MLflow takes seconds, a bad data file answers in one
     data = load_mnist(cfg.data.root, cfg.data.val_size, split_seed(cfg), cfg.data.limit,
                       cfg.data.download, cfg.data.verify)
@@ -159,6 +159,8 @@ def run(cfg: DictConfig, ctx: JobContext = JobContext()) -> float:
         run_tracker.start(model=model, data=data, device=device, checkpoint=last,
                           resume_run_id=state.identity.get("run_id"),
                           tags=trial.tags if trial else None)
+        if trial:
+            trial.record_run(run_tracker.run_id)
         if resume_state:
             run_tracker.catch_up(state.history)
         print(f"{cfg.choices.model}: {count_parameters(model):,} parameters, "
@@ -187,8 +189,18 @@ def run(cfg: DictConfig, ctx: JobContext = JobContext()) -> float:
         # last, once the run is FINISHED: a report on disk means the job is complete, which is
         # what a resumed sweep takes it to mean; a kill before this redoes the job's last steps
         write_atomic(out / "report.txt", summary + "\n")
+        if last:
+            checkpoint.mark_finished(last.parent, state)
     print(where_to_look(cfg, out, run_tracker), flush=True)
-    return state.best_val_loss
+    return objective(cfg, state.best_val_loss, count_parameters(model))
+
+
+def objective(cfg: DictConfig, best_val_loss: float, parameters: int) -> float | tuple:
+    """What run.py returns to a sweeper: the best validation loss, or with several `objectives`
+    (validation.OBJECTIVES), their values in that order."""
+    values = {"val/loss": best_val_loss, "parameters": float(parameters)}
+    chosen = tuple(values[name] for name in cfg.objectives)
+    return chosen[0] if len(chosen) == 1 else chosen
 
 
 def where_to_look(cfg: DictConfig, out: Path, run_tracker: tracking.Tracker) -> str:

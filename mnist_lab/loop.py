@@ -140,6 +140,6 @@ def print_epoch(epochs: int) -> EpochCallback:
         marker = " *" if state.best_epoch == state.epoch else ""
         print(f"epoch {state.epoch:>3}/{epochs}  train/loss {metrics['train/loss']:.4f}  "
               f"val/loss {metrics['val/loss']:.4f}  val/acc {metrics['val/acc']:.4f}  "
-              f"{metrics['epoch_seconds']:.1f}s{marker}", flush=True)
+              f"train {metrics['epoch_seconds']:.1f}s{marker}", flush=True)
 
     return show

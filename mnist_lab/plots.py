@@ -167,3 +167,33 @@ def write_run_figures(out: Path, label: str, history: dict[str, list[float]], be
                    f"probability for its wrong answer\n{label}",
                    extra=[f"{c:.0%}" for c in test.confidence[worst].tolist()]),
     ]
+
+
+def study_figures(study, out: Path) -> list[Path]:
+    """Optuna's own figures of a study, as images: its optimisation history, parallel
+    coordinates, parameter importances and slice; with several objectives, its Pareto front."""
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.visualization import matplotlib as optuna_plots
+
+    names = study.metric_names or [f"objective {i}" for i in range(len(study.directions))]
+    if len(study.directions) > 1:
+        drawings = {"pareto_front": lambda: optuna_plots.plot_pareto_front(
+            study, target_names=names)}
+    else:
+        drawings = {"optimization_history": lambda: optuna_plots.plot_optimization_history(
+                        study, target_name=names[0]),
+                    "parallel_coordinates": lambda: optuna_plots.plot_parallel_coordinate(
+                        study, target_name=names[0]),
+                    "param_importances": lambda: optuna_plots.plot_param_importances(study),
+                    "slice": lambda: optuna_plots.plot_slice(study, target_name=names[0])}
+    paths = []
+    with warnings.catch_warnings(), plt.rc_context():  # Optuna's plots switch the style globally
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        for name, draw in drawings.items():
+            axes = np.atleast_1d(draw()).ravel()
+            figure = axes[0].figure
+            figure.set_size_inches(max(7.0, 3.0 * len(axes)), 4.5)
+            paths.append(_save(figure, out / f"{name}.png"))
+    return paths

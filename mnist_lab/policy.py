@@ -28,7 +28,7 @@ from mnist_lab.validation import validate
 WORST_OBJECTIVE = math.inf  # what a sweeper sees for a failed job (the objective is minimised)
 
 
-def run_job(cfg: DictConfig) -> float:
+def run_job(cfg: DictConfig) -> float | tuple:
     """`job.run`, with its failures turned into what the user sees. Known input errors end a
     single run with one line and exit status 2; in a sweep, a failed job is recorded FAILED,
     reported and scored as the worst objective so the others go on. A stop signal ends a single
@@ -42,8 +42,7 @@ def run_job(cfg: DictConfig) -> float:
 
         with output_in_run_log(ctx):
             return run(cfg, ctx)
-    except TrialPruned as pruned:  # the Optuna sweeper reads it from the job's return
-        print(f"Optuna trial {pruned}", file=sys.stderr)
+    except TrialPruned:  # the Optuna sweeper reads it from the job's return, and says so
         raise
     except KeyboardInterrupt:
         if ctx.multirun:
@@ -65,7 +64,7 @@ def run_job(cfg: DictConfig) -> float:
 
 
 def failed_job(cfg: DictConfig, ctx: JobContext, err: Exception, record: bool,
-               named: bool = False) -> float:
+               named: bool = False) -> float | tuple:
     """A sweep's failed job: reported, recorded FAILED (unless its run recorded it already, or
     the store is what failed), scored the worst objective."""
     print(f"job failed: {f'{err.__class__.__name__}: ' if named else ''}{err}", file=sys.stderr)
@@ -73,7 +72,7 @@ def failed_job(cfg: DictConfig, ctx: JobContext, err: Exception, record: bool,
         from mnist_lab.tracking import record_failed_job
 
         record_failed_job(cfg, ctx, err)
-    return WORST_OBJECTIVE
+    return WORST_OBJECTIVE if len(cfg.objectives) == 1 else (WORST_OBJECTIVE,) * len(cfg.objectives)
 
 
 def stop_sweep() -> None:

@@ -20,12 +20,20 @@ class ReportToTrial:
     pruner says the trial is not worth finishing. After the last epoch there is nothing left
     to save, so the trial completes (and is tested) whatever the pruner would say."""
 
-    def __init__(self, trial, epochs: int):
-        self.trial, self.epochs = trial, epochs
+    def __init__(self, trial, epochs: int, report: bool = True):
+        self.trial, self.epochs, self.report = trial, epochs, report
         self.tags = {"optuna.study": trial.study.study_name, "optuna.trial": str(trial.number)}
 
+    def record_run(self, run_id: str | None) -> None:
+        """The trial's MLflow run, kept on the trial (optuna-dashboard shows it)."""
+        if run_id:
+            self.trial.set_user_attr("mlflow_run_id", run_id)
+
     def __call__(self, state, metrics: dict[str, float]) -> None:
-        """Epoch callback (see loop.fit)."""
+        """Epoch callback (see loop.fit); nothing with several objectives, which Optuna cannot
+        prune."""
+        if not self.report:
+            return
         self.trial.report(metrics[OBJECTIVE], state.epoch)
         if state.epoch < self.epochs and self.trial.should_prune():
             raise TrialPruned(state.epoch)
@@ -33,4 +41,6 @@ class ReportToTrial:
 
 def trial_hook(cfg: DictConfig, ctx: JobContext) -> ReportToTrial | None:
     """The hook for this job's trial, or None when the job is not one."""
-    return ReportToTrial(ctx.trial, cfg.train.epochs) if ctx.trial is not None else None
+    if ctx.trial is None:
+        return None
+    return ReportToTrial(ctx.trial, cfg.train.epochs, report=len(cfg.objectives) == 1)

@@ -42,8 +42,9 @@ def log_pytorch_model(model, run_id: str) -> None:
 
 def logged_model_id(client, run_id: str, uri: str | None) -> str:
     """The id of the run's `mlflow.pytorch` model, logged now from its config.yaml and best.pth
-    if the run has none (tracking.log_model=false, the default: the export costs seconds a
-    run). The run keeps its status and end time: MLflow's logging reopens it for a moment."""
+    if the run has none (a sweep's children, or tracking.log_model=false: the export costs
+    seconds a run). The run keeps its status and end time: MLflow's logging reopens it for a
+    moment."""
     run = client.get_run(run_id)
     if not run.outputs.model_outputs:
         model = model_from_run(run_id, uri)[0]

@@ -38,7 +38,7 @@ class Resume:
 
 
 def checkpoint_of(cfg: DictConfig, run_id: str) -> Path:
-    """The checkpoint recorded on an MLflow run, for resume=RUN_ID."""
+    """The checkpoint recorded on an MLflow run, for resume=RUN_ID (it may be gone since)."""
     if not cfg.tracking.enabled:
         raise ConfigError(f"resume={run_id} looks the run up in MLflow, which tracking=off "
                           "turns off; use resume=true, or turn tracking on")
@@ -50,10 +50,15 @@ def checkpoint_of(cfg: DictConfig, run_id: str) -> Path:
     except Exception:
         raise ConfigError(f"resume={run_id}: no such run in {resolve_uri(cfg.tracking)}") from None
     path = run.data.tags.get("checkpoint.path")
-    if not path or not Path(path).is_file():
-        raise ConfigError(f"resume={run_id}: the run has no checkpoint on this machine "
-                          f"({path or 'none recorded'})")
+    if not path:
+        raise ConfigError(f"resume={run_id}: the run recorded no checkpoint")
     return Path(path)
+
+
+def complete(done: dict) -> dict:
+    print(f"run {done.get('run_id') or '(untracked)'} is complete (FINISHED); resuming it has "
+          "nothing to do")
+    return {**done, "complete": True}
 
 
 def run_ended_finished(cfg: DictConfig, run_id: str) -> bool:
@@ -74,21 +79,30 @@ def find_resume(cfg: DictConfig, ctx: JobContext) -> dict | None:
         return None
     if resume.run_id is None:
         path = checkpoint.folder_for(cfg) / checkpoint.LAST
-        if not path.is_file():
-            if ctx.multirun:  # continuing a stopped sweep: this job had not started yet
-                print(f"resume=true: no checkpoint for this config yet at {path}; starting it")
-                return None
-            raise ConfigError(f"resume=true: no checkpoint for this config at {path}; run it "
-                              "without resume first, or pass resume=RUN_ID")
     else:
         path = checkpoint_of(cfg, resume.run_id)
+    done = checkpoint.finished_marker(path.parent)  # a completed run keeps no last.ckpt
+    if not path.is_file() and done and resume.run_id in (None, done.get("run_id")):
+        if done.get("config_key") != config_key(cfg):
+            raise ConfigError(f"resume={resume}: run {done.get('run_id')} was made with another "
+                              f"config ({done.get('overrides') or 'no overrides'}); pass the same "
+                              "overrides to continue it")
+        return complete(done)
+    if not path.is_file():
+        if resume.run_id:
+            raise ConfigError(f"resume={resume}: the run has no checkpoint on this machine "
+                              f"({path})")
+        if ctx.multirun:  # continuing a stopped sweep: this job had not started yet
+            print(f"resume=true: no checkpoint for this config yet at {path}; starting it")
+            return None
+        raise ConfigError(f"resume=true: no checkpoint for this config at {path}; run it "
+                          "without resume first, or pass resume=RUN_ID")
     state = checkpoint.load_last(path)
     if state.get("config_key") != config_key(cfg):
         raise ConfigError(f"resume={resume}: the checkpoint {path} was made with another "
                           f"config ({state.get('overrides') or 'no overrides'}); pass the same "
                           "overrides to continue it")
     if state.get("run_id") and cfg.tracking.enabled and run_ended_finished(cfg, state["run_id"]):
-        print(f"run {state['run_id']} is complete (FINISHED); resuming it has nothing to do")
-        return {**state, "complete": True}
+        return complete(state)
     print(f"resuming from {path} after epoch {state['epoch']}")
     return state

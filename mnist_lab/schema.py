@@ -135,8 +135,9 @@ class TrackingConf:
     enabled: bool = True
     uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite under <project>/mlruns
     experiment: str = "mnist-lab"
-    log_model: bool = False  # true: every run logs an mlflow.pytorch model (seconds each);
-    # false: the sweep's best run at its end, and any run on `mnist-lab register`
+    # null: a single run logs its mlflow.pytorch model at its end, a sweep only its best run's;
+    # true: every run (seconds each); false: none at a run's end (`mnist-lab register` exports)
+    log_model: Optional[bool] = None
 
 
 @dataclass
@@ -262,6 +263,7 @@ class LabConfig:
     deterministic: bool = True  # bit-identical metrics for the same config and seed
     plots: bool = True  # write the per-run figures (about 2 s of matplotlib per run)
     resume: Any = False  # false, true (this config's checkpoint; in -m, this sweep) or a run id
+    objectives: List[str] = field(default_factory=lambda: ["val/loss"])  # what run.py returns
     output_dir: Optional[str] = "${hydra:runtime.output_dir}"  # the run's files (Hydra's)
     train: TrainConf = field(default_factory=TrainConf)
     eval: EvalConf = field(default_factory=EvalConf)

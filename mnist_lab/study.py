@@ -13,10 +13,13 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict, read_write
 
 from hydra_plugins.mnist_lab_optuna_sweeper import storages
+from hydra_plugins.mnist_lab_optuna_sweeper.settings import directions
 from hydra_plugins.mnist_lab_optuna_sweeper.sweeper import study_name as sweeper_study_name
+from mnist_lab.errors import ConfigError
 from mnist_lab.queries import children
 
 SWEEPER_TARGET = "hydra_plugins.mnist_lab_optuna_sweeper.sweeper.OptunaSweeper"
+METRIC_NAMES = {"val/loss": "best val/loss", "parameters": "parameters"}  # per objective
 
 
 def is_optuna_sweep(cfg: DictConfig) -> bool:
@@ -36,11 +39,19 @@ def storage_url(sweeper: DictConfig, tracking: DictConfig) -> str:
     return f"sqlite:///{folder / 'optuna.db'}"
 
 
-def use_lab_storage(config: DictConfig) -> None:
-    """Point the sweeper at the lab's default storage when the config names none (the sweep
-    callback runs before Hydra builds the sweeper, on the same config)."""
+def lab_defaults(config: DictConfig) -> None:
+    """What the lab gives the sweeper where the config says nothing (the sweep callback runs
+    before Hydra builds the sweeper, on the same config): its default storage, and the names
+    of `objectives` for the dashboard. ConfigError when the directions do not match them."""
+    sweeper = config.hydra.sweeper
+    given = directions(sweeper.direction)
+    if len(given) != len(config.objectives):
+        raise ConfigError(f"hydra.sweeper.direction={given} is not allowed: one direction per "
+                          f"objective (objectives={list(config.objectives)})")
     with read_write(config.hydra), open_dict(config.hydra):
-        config.hydra.sweeper.storage = storage_url(config.hydra.sweeper, config.tracking)
+        sweeper.storage = storage_url(sweeper, config.tracking)
+        if sweeper.metric_names is None:
+            sweeper.metric_names = [METRIC_NAMES[name] for name in config.objectives]
 
 
 def study_name(config: DictConfig) -> str:

@@ -31,6 +31,33 @@ def log_best_model(client, parent_id: str, tracking: DictConfig) -> None:
                   f"mnist-lab register --run {best} logs it", file=sys.stderr)
 
 
+def record_study(client, parent_id: str, config: DictConfig) -> None:
+    """An Optuna sweep's study on its parent: each parameter's importance (Optuna's
+    `get_param_importances`, as metrics `importance/KEY`) and Optuna's figures under `study/`.
+    A failure is reported, not raised: the sweep's record stands without them."""
+    import optuna
+
+    from hydra_plugins.mnist_lab_optuna_sweeper.storages import open_storage
+    from mnist_lab.plots import study_figures
+    from mnist_lab.study import study_name
+
+    try:
+        study = optuna.load_study(study_name=study_name(config),
+                                  storage=open_storage(config.hydra.sweeper.storage))
+        complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+        if len({tuple(sorted(t.params.items())) for t in complete}) < 2:
+            return  # one point says nothing of importance
+        if len(study.directions) == 1:
+            for key, value in optuna.importance.get_param_importances(study).items():
+                log_once(client, parent_id, f"importance/{key}", value)
+        with tempfile.TemporaryDirectory() as tmp:
+            study_figures(study, Path(tmp))
+            client.log_artifacts(parent_id, tmp, "study")
+    except Exception as err:
+        print(f"the study's figures failed ({err.__class__.__name__}: {err}); the study is in "
+              "its storage: mnist-lab dashboard shows it", file=sys.stderr)
+
+
 def log_once(client, parent_id: str, key: str, value: float) -> None:
     """A summary metric on the parent, unless a resumed sweep's earlier summary has it already."""
     if client.get_run(parent_id).data.metrics.get(key) != value:
@@ -95,6 +122,10 @@ def summarise(client, parent_id: str) -> int:
         best = min(finished, key=lambda r: r.data.metrics["best/val_loss"])
         client.set_tag(parent_id, "best_run_id", best.info.run_id)
         client.set_tag(parent_id, "best_run_name", best.info.run_name)
+        accuracy = best.data.metrics.get("test/acc")
+        client.set_tag(parent_id, "mlflow.note.content", (  # the parent's description
+            f"{len(runs)} runs, {len(finished)} completed; best (lowest val/loss): "
+            f"{best.info.run_name}" + (f", test accuracy {accuracy:.2%}" if accuracy else "")))
         # best/*: the best child's, as best/* on a child is its best epoch's
         for key, child_key in (("best/val_loss", "best/val_loss"), ("best/epoch", "best/epoch"),
                                ("best/test_acc", "test/acc")):

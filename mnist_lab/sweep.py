@@ -26,7 +26,7 @@ from mnist_lab.context import PARENT_ID_FILE
 from mnist_lab.errors import ConfigError
 from mnist_lab.queries import RESUMED_AT_TAG, RESUMES_TAG
 from mnist_lab.resume import Resume
-from mnist_lab.study import is_optuna_sweep, settle_study, study_name, use_lab_storage
+from mnist_lab.study import is_optuna_sweep, lab_defaults, settle_study, study_name
 
 
 class MlflowSweepCallback(Callback):
@@ -38,9 +38,9 @@ class MlflowSweepCallback(Callback):
         if optuna:  # a bad hydra.sweeper key stops here, before the store is touched
             try:
                 check_settings(config.hydra.sweeper)
-            except SweeperConfigError as err:
+                lab_defaults(config)
+            except (SweeperConfigError, ConfigError) as err:
                 policy.refuse(err)
-            use_lab_storage(config)
         overrides = list(config.hydra.overrides.task)
         stopping.guard_sweep(f"continue the sweep with "
                              f"{policy.resume_command(overrides, sweep=True)} (finished jobs "
@@ -81,7 +81,10 @@ class MlflowSweepCallback(Callback):
         client, experiment_id = connect(config.tracking)
         status = "FAILED"
         try:
-            running = settle_study(config, client, self.parent_id) if is_optuna_sweep(config) else 0
+            running = 0
+            if is_optuna_sweep(config):
+                running = settle_study(config, client, self.parent_id)
+                summary.record_study(client, self.parent_id, config)
             failed = summary.summarise(client, self.parent_id)
             if not config.tracking.log_model:
                 summary.log_best_model(client, self.parent_id, config.tracking)
@@ -120,19 +123,32 @@ def open_parent(config: DictConfig, optuna: bool):
             sweep_resume.retry_lost_trials(client, parent.info.run_id, config)
         return client, parent.info.run_id
     sweep_dir = Path(config.hydra.sweep.dir)
-    experiment = config.hydra.runtime.choices.get("experiment")
-    name = f"sweep-{experiment}" if experiment else "sweep"
     tags = {"sweep": "true", "sweep.dir": str(sweep_dir.resolve()),
             "hydra.overrides": " ".join(config.hydra.overrides.task) or "(none)",
             **sweep_resume.new_sweep_tags(config), **git_state(), **process_tags()}
     if optuna:
-        return join_study(config, name, tags)
+        return join_study(config, tags)
     client, experiment_id = connect(config.tracking)
-    return client, client.create_run(experiment_id, run_name=f"{name}-{sweep_dir.name}",
+    return client, client.create_run(experiment_id, run_name=grid_name(config),
                                      tags=tags).info.run_id
 
 
-def join_study(config: DictConfig, name: str, tags: dict[str, str]):
+def grid_name(config: DictConfig) -> str:
+    """What a grid sweep varies, as its parent's name: `quick: model x optim.lr (4 runs)`."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+    swept = list(dict.fromkeys(o.get_key_element().lstrip("+~") for o in parsed
+                               if o.is_sweep_override()))
+    jobs = len(BasicSweeper.split_arguments(parsed, None)[0])
+    experiment = config.hydra.runtime.choices.get("experiment")
+    what = " x ".join(swept) or "one configuration"
+    return f"{experiment + ': ' if experiment else ''}{what} ({jobs} run{'s' * (jobs != 1)})"
+
+
+def join_study(config: DictConfig, tags: dict[str, str]):
     """(client, the one parent run of an Optuna study), however many processes join it: found
     by the study's name and storage, created by whichever process comes first, reopened by the
     rest. One process at a time, from opening the store on: processes started together on a
@@ -140,7 +156,7 @@ def join_study(config: DictConfig, name: str, tags: dict[str, str]):
     from mnist_lab.liveness import process_tags
     from mnist_lab.store import connect
 
-    url = config.hydra.sweeper.storage  # use_lab_storage filled it in
+    url = config.hydra.sweeper.storage  # lab_defaults filled it in
     name_of_study = study_name(config)
     tags = {**tags, "optuna.study": name_of_study, "optuna.storage": shown(url)}
     with exclusive(url, name_of_study):
@@ -151,7 +167,7 @@ def join_study(config: DictConfig, name: str, tags: dict[str, str]):
                           f"tags.`optuna.storage` = '{tags['optuna.storage']}'")
         if not found:
             label = config.hydra.sweeper.study_name or Path(config.hydra.sweep.dir).name
-            return client, client.create_run(experiment_id, run_name=f"{name}-{label}",
+            return client, client.create_run(experiment_id, run_name=f"study {label}",
                                               tags=tags).info.run_id
         client.update_run(found[0].info.run_id, status="RUNNING")
         for key, value in process_tags().items():  # alive while this process is (liveness.py)

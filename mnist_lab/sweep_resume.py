@@ -12,6 +12,7 @@ never ran.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -157,6 +158,10 @@ def continue_job(cfg: DictConfig, ctx: JobContext) -> dict | None:
     status = run.info.status
     if status == "FINISHED":
         print(f"{job}: run {run.info.run_id} FINISHED already; kept as it is")
+        report = Path(cfg.output_dir) / "report.txt"
+        if not report.is_file():  # killed between its record and its report: the run has it
+            with contextlib.suppress(Exception):  # a run from before runs logged their report
+                client.download_artifacts(run.info.run_id, "report.txt", str(report.parent))
         return {"complete": True,
                 "best_val_loss": run.data.metrics.get("best/val_loss", math.inf)}
     reason = "FAILED"
@@ -184,7 +189,7 @@ def retry_lost_trials(client, parent_id: str, config: DictConfig) -> None:
     from mnist_lab.study import study_name
 
     sweeper = config.hydra.sweeper
-    url, name = sweeper.storage, study_name(config)  # the lab's storage: study.use_lab_storage
+    url, name = sweeper.storage, study_name(config)  # the lab's storage: study.lab_defaults
     with storages.exclusive(url, name):
         storage = storages.open_storage(url, sweeper.heartbeat_interval, sweeper.grace_period)
         study = optuna.load_study(study_name=name, storage=storage)

@@ -127,6 +127,27 @@ class MlflowRun:
             tags["checkpoint.path"] = str(checkpoint)
         self.create(tags, {"model.parameters": str(count_parameters(model)),
                            "data.train_size": str(len(data.train_images))})
+        try:
+            self.client.log_inputs(self.run_id, datasets=[self.dataset(data)])
+        except Exception:  # another job registered the same dataset a moment ago: it is there now
+            self.client.log_inputs(self.run_id, datasets=[self.dataset(data)])
+
+    def dataset(self, data):
+        """The data split as an MLflow dataset input: the runs table's Dataset column says
+        what each run trained on; the digest changes with the files and the split."""
+        import hashlib
+        import json
+
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        sizes = {"train": len(data.train_images), "val": len(data.val_images),
+                 "test": len(data.test_images)}
+        digest = hashlib.sha256(json.dumps([data.checksums, sizes, self.cfg.seed,
+                                            self.cfg.data.split_seed]).encode()).hexdigest()
+        name = f"mnist {sizes['train']:,}/{sizes['val']:,}"
+        source = json.dumps({"uri": str(Path(self.cfg.data.root).resolve())})
+        return DatasetInput(Dataset(name, digest[:8], "local", source, profile=json.dumps(sizes)),
+                            tags=[InputTag("mlflow.data.context", "training")])
 
     def _reopen(self, run_id: str) -> bool:
         """Continue the interrupted run itself, so its curves stay in one place."""
@@ -175,9 +196,14 @@ class MlflowRun:
                    "best/epoch": state.best_epoch, "best/val_loss": state.best_val_loss}
         metrics.update({f"test/acc_class_{d}": a for d, a in enumerate(test.class_accuracy.tolist())})
         self.log_metrics(metrics)
+        self.client.set_tag(self.run_id, "mlflow.note.content", (  # the run's description
+            f"{self.cfg.choices.model}, {self.cfg.choices.optim} lr {self.cfg.optim.lr:g}, "
+            f"dropout {self.cfg.dropout.p:g}: test accuracy {test.accuracy:.2%}, best val/loss "
+            f"{state.best_val_loss:.4f} at epoch {state.best_epoch}"))
         self.client.log_artifacts(self.run_id, str(out))
         self.client.log_text(self.run_id, report + "\n", "report.txt")
-        if self.cfg.tracking.log_model:
+        log_model = self.cfg.tracking.log_model
+        if log_model or (log_model is None and not self.ctx.multirun):  # a sweep: its best
             from mnist_lab.registry import log_pytorch_model
 
             log_pytorch_model(model, self.run_id)

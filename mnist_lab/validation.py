@@ -93,11 +93,17 @@ NON_NEGATIVE = number(0)
 
 SEED = Rule(count(0).test, f"an integer from 0 to 2**63 - 1 = {INT64_MAX}")
 
+# what run.py can return to a sweeper: the best validation loss, the model's parameter count
+OBJECTIVES = ("val/loss", "parameters")
+
 RULES: dict[str, Rule] = {
     "seed": SEED,
     "threads": Rule(count(0, 1024).test, "0 (torch's default) or a thread count up to 1024"),
     "resume": Rule(lambda v: isinstance(v, bool) or (isinstance(v, str) and v != ""),
                    "false, true or the MLflow run id of the run to continue"),
+    "objectives": Rule(lambda v: isinstance(v, list) and 0 < len(v) == len(set(v))
+                       and set(v) <= set(OBJECTIVES),
+                       f"distinct names from {', '.join(OBJECTIVES)} (one per sweeper direction)"),
     "model.image_size": Rule(lambda v: v == 28, "28, the side of MNIST's images"),
     "model.num_classes": Rule(lambda v: v == 10, "10, one per digit"),
     "model.hidden": sizes(8, 4096),

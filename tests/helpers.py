@@ -77,7 +77,8 @@ def store(tmp_path: Path) -> str:
 
 def tracked(tiny_data: Path, tmp_path: Path, *extra: str) -> list[str]:
     """tiny_overrides with tracking on, into the test's own store."""
-    return [*tiny_overrides(tiny_data), "tracking=local", f"tracking.uri={store(tmp_path)}", *extra]
+    return [*tiny_overrides(tiny_data), "tracking=local", f"tracking.uri={store(tmp_path)}",
+            "tracking.log_model=false", *extra]  # no model export: seconds a run
 
 
 def runs_in(uri: str) -> list:

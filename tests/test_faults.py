@@ -233,7 +233,7 @@ def test_a_ctrl_c_that_python_swallows_still_stops_the_run_at_the_epoch_end(tiny
 @pytest.mark.slow
 def test_an_ignored_sigint_stays_ignored(tiny_data, tmp_path, monkeypatch):
     cfg = run_with_sigint_mid_epoch_1(tiny_data, tmp_path, monkeypatch, signal.SIG_IGN)
-    assert load_safely(checkpoint.folder_for(cfg) / checkpoint.LAST)["epoch"] == 3
+    assert checkpoint.finished_marker(checkpoint.folder_for(cfg))["epoch"] == 3  # all 3 epochs
     (run,) = runs_in(store(tmp_path))
     assert run.info.status == "FINISHED"
 
@@ -263,9 +263,10 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     report_a = (tmp_path / "a" / "report.txt").read_text()
     report_b = (tmp_path / "b" / "report.txt").read_text()
     assert report_a == report_b  # per-class counts and test loss, digit for digit
-    history_a = load_safely(checkpoint.folder_for(compose_config(common + [
-        f"checkpoint.dir={tmp_path}/ckpt-a"])) / checkpoint.LAST)["history"]
-    history_b = load_safely(checkpoint.folder_for(compose_config(killed)) / checkpoint.LAST)["history"]
+    # each finished run's note (in place of its last.ckpt) keeps its per-epoch history
+    history_a = checkpoint.finished_marker(checkpoint.folder_for(compose_config(common + [
+        f"checkpoint.dir={tmp_path}/ckpt-a"])))["history"]
+    history_b = checkpoint.finished_marker(checkpoint.folder_for(compose_config(killed)))["history"]
     for key in ("train/loss", "val/loss", "val/acc"):
         assert history_a[key] == history_b[key], key
     assert len(leftovers) <= 1  # at most the write that the kill interrupted

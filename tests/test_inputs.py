@@ -44,6 +44,8 @@ BAD_VALUES = [
     ("train.epochs=0", "train.epochs", ">= 1"), ("data.val_size=0", "data.val_size", ">= 1"),
     ("data.val_size=60000", "data.val_size", "smaller than the 600 training images"),
     ("data.limit=0", "data.limit", "at least 1"), ("threads=-1", "threads", "up to 1024"),
+    ("objectives=[val/loss,speed]", "objectives", "distinct names from val/loss, parameters"),
+    ("objectives=[val/loss,val/loss]", "objectives", "distinct names"),
 ]
 
 

@@ -11,6 +11,7 @@ import time
 import optuna
 import pytest
 from mlflow import MlflowClient
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from helpers import ROOT, compose_config, run_lab, tiny_overrides
@@ -36,6 +37,9 @@ def test_search_space_reads_hydra_sweep_syntax():
     assert grid["train.epochs"] == IntDistribution(2, 8, step=2)
     assert search_space.as_override("a", "b c") == "a='b c'"
     assert search_space.as_override("a", 0.5) == "a=0.5"
+    channels = search_space.parse(["model.channels=choice([8,16],[16,32])"])[0]["model.channels"]
+    assert [search_space.as_override("model.channels", c) for c in channels.choices] == [
+        "model.channels=[8,16]", "model.channels=[16,32]"]  # lists, not texts
 
 
 def test_the_pruning_callback_reports_each_epoch_and_stops_when_told():
@@ -66,6 +70,31 @@ def test_the_pruning_callback_reports_each_epoch_and_stops_when_told():
 
 
 @pytest.mark.slow
+def test_two_objectives_give_a_pareto_front_on_the_studys_parent(tiny_data, tmp_path):
+    """experiment=cnn_pareto: run.py returns (val/loss, parameters); the sweep folder lists the
+    Pareto front and the MLflow parent draws it."""
+    command = optuna_sweep(tiny_data, tmp_path, "hydra.sweeper.n_trials=4", "train.epochs=1")
+    command[command.index("experiment=optuna_cnn")] = "experiment=cnn_pareto"
+    command.remove("model=ffnn")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    study = optuna.load_study(study_name="cnn_pareto",
+                              storage=f"sqlite:///{tmp_path}/store/optuna.db")
+    client = MlflowClient(f"sqlite:///{tmp_path}/store/mlflow.db")
+    front = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml").solutions
+    assert sorted(s.trial for s in front) == sorted(t.number for t in study.best_trials)
+    for trial in study.trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert trial.values == [pytest.approx(run.data.metrics["best/val_loss"]),
+                                float(run.data.params["model.parameters"])]
+    assert study.metric_names == ["best val/loss", "parameters"]
+    parent = client.get_run(client.get_run(study.trials[0].user_attrs["mlflow_run_id"])
+                            .data.tags["mlflow.parentRunId"])
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "study")] == [
+        "study/pareto_front.png"]
+
+
+@pytest.mark.slow
 def test_bad_sweeper_value_stops_with_one_line_and_no_run(tiny_data, tmp_path):
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
     result = run_lab([*tiny_overrides(tiny_data), "experiment=optuna_cnn", "tracking=local",
@@ -73,6 +102,10 @@ def test_bad_sweeper_value_stops_with_one_line_and_no_run(tiny_data, tmp_path):
                       f"hydra.sweep.dir={tmp_path}/sweep"])
     assert result.returncode == 2, result.stderr[-2000:]
     assert "hydra.sweeper.n_trials=0 is not allowed: at least 1" in result.stderr
+    two = run_lab([*tiny_overrides(tiny_data), "experiment=cnn_pareto", "objectives=[val/loss]",
+                   "tracking=local", f"tracking.uri={uri}", f"hydra.sweep.dir={tmp_path}/sweep"])
+    assert two.returncode == 2 and two.stderr.count("\n") == 1
+    assert "one direction per objective (objectives=['val/loss'])" in two.stderr
     assert not (tmp_path / "store" / "optuna.db").exists()
     assert not (tmp_path / "store" / "mlflow.db").exists()
 
@@ -130,11 +163,26 @@ def test_pruning_stops_bad_trials_and_mlflow_agrees_with_optuna(tiny_data, tmp_p
             assert trial.value == pytest.approx(run.data.metrics["best/val_loss"])
     [parent] = parents
     counts = list(states.values())
-    assert parent.info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "study optuna_cnn"
+    # a trial's name starts with the values searched, before what the command line fixed
+    for trial in study.trials:
+        searched = {f"lr{trial.params['optim.lr']:g}", f"p{trial.params['dropout.p']:g}"}
+        assert set(runs[trial.number].info.run_name.split("-")[:2]) == searched
     assert parent.data.tags["sweep.pruned"] == str(counts.count("PRUNED"))
     assert parent.data.tags["sweep.completed"] == str(counts.count("COMPLETE"))
     assert parent.data.tags["sweep.failed"] == "0"
     assert f"{counts.count('PRUNED')} pruned" in result.stdout
+    # the study on its parent, and each trial pointing at its run
+    assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {
+        r.info.run_id for r in runs.values()}
+    assert study.metric_names == ["best val/loss"]
+    importances = {k: v for k, v in parent.data.metrics.items() if k.startswith("importance/")}
+    # the searched keys (the fixture's train.batch_size is fixed, so not searched)
+    assert set(importances) == {"importance/optim.lr", "importance/dropout.p"}
+    assert sum(importances.values()) == pytest.approx(1.0)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "study")} == {
+        f"study/{name}.png" for name in ("optimization_history", "parallel_coordinates",
+                                         "param_importances", "slice")}
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ run is not resumed twice."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -64,6 +65,9 @@ def test_resume_of_a_finished_run_says_so_and_leaves_it_alone(tiny_data, tmp_pat
     objective = job.run(compose_config(tracked(tiny_data, tmp_path,
                                                f"output_dir={tmp_path / 'out'}")))
     (run,) = runs_in(store(tmp_path))
+    # a FINISHED run leaves no resumable checkpoint behind, only a note that it is complete
+    folder = Path(run.data.tags["checkpoint.path"]).parent
+    assert sorted(p.name for p in folder.iterdir()) == ["finished.json"]
     again = job.run(compose_config(tracked(tiny_data, tmp_path, "resume=true")))
     assert again == objective
     assert "is complete (FINISHED)" in capsys.readouterr().out

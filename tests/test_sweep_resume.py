@@ -95,12 +95,11 @@ def resume_and_check(args: list[str], cwd: Path, store: Path, uninterrupted: dic
     assert parent.info.status != "FINISHED"
     curves = {job: history(client, run.info.run_id) for job, run in before.items()}
     (folder,) = sweep_folders(cwd)
-    # a job's report is final once its run is FINISHED (written after it); a job killed before
-    # that is redone by the resume, which writes its report again
-    outputs = {p: p.stat().st_mtime_ns for p in folder.glob("*/report.txt")
-               if before[int(p.parent.name)].info.status == "FINISHED"}
-    for job, run in before.items():
-        assert (folder / str(job) / "report.txt").is_file() == (run.info.status == "FINISHED")
+    # a job's report is written once its run is FINISHED, so a report on disk means a finished
+    # job (a job killed between the two has no report yet: the resume restores it from the run)
+    outputs = {p: p.stat().st_mtime_ns for p in folder.glob("*/report.txt")}
+    for report in outputs:
+        assert before[int(report.parent.name)].info.status == "FINISHED", report
 
     resumed = run_lab(["-m", *args, "resume=true"], cwd=cwd)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -168,31 +167,39 @@ def test_a_parallel_sweep_with_both_workers_killed_resumes(tmp_path, uninterrupt
     assert "continuing run" in output  # a killed worker's job, from its checkpoint
 
 
-KILL_AFTER_OUTPUTS = """
+KILL_AFTER = """
 import os, signal
-job = os.environ.get("KILL_AFTER_OUTPUTS_OF_JOB")
-if job is not None:  # SIGKILL the sweep's process group once that job's folder is written
+job, step = os.environ.get("KILL_AFTER", ":").split(":")
+if job:  # SIGKILL the sweep's process group once that job's step is done
     import mnist_lab.job as lab_job
-    write_outputs = lab_job.write_outputs
-    def write_then_die(out, *args, **kwargs):
-        write_outputs(out, *args, **kwargs)
-        if out.name == job:
-            os.killpg(os.getpgid(0), signal.SIGKILL)
-    lab_job.write_outputs = write_then_die
+    import mnist_lab.tracking as lab_tracking
+    def die_after(done, folder_of):
+        def then_die(*args, **kwargs):
+            done(*args, **kwargs)
+            if folder_of(*args).name == job:
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+        return then_die
+    if step == "outputs":
+        lab_job.write_outputs = die_after(lab_job.write_outputs, lambda out, *_: out)
+    else:  # the record: the run FINISHED, its report.txt not yet on disk
+        lab_tracking.MlflowRun.finish = die_after(lab_tracking.MlflowRun.finish,
+                                                  lambda run, model, state, test, out, *_: out)
 """
 
 
 @pytest.mark.slow
-def test_a_job_killed_between_its_outputs_and_its_record_is_redone(tmp_path, uninterrupted):
+@pytest.mark.parametrize("step, status", [("outputs", "RUNNING"), ("record", "FINISHED")])
+def test_a_job_killed_between_its_last_steps_resumes_whole(tmp_path, uninterrupted, step, status):
     """The window of issue 27, made exact: a worker dies after writing its job's outputs and
-    before the run is FINISHED. The resume redoes that job's last steps (its run is not
-    complete); no report.txt was on disk for it, so nothing complete is written twice."""
+    before its run is FINISHED, or after that and before its report.txt. The resume redoes
+    the first job's last steps (its run is not complete) and keeps the second, restoring its
+    report from the run's record; nothing complete is written twice."""
     data, store = make_dataset(tmp_path / "tiny"), tmp_path / "store" / "mlflow.db"
     args = grid(data, store, "launcher=parallel", "launcher.n_jobs=2")
     hook = tmp_path / "hook"
     hook.mkdir()
-    (hook / "sitecustomize.py").write_text(KILL_AFTER_OUTPUTS)
-    env = {**os.environ, "KILL_AFTER_OUTPUTS_OF_JOB": "1",
+    (hook / "sitecustomize.py").write_text(KILL_AFTER)
+    env = {**os.environ, "KILL_AFTER": f"1:{step}",
            "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
     killed = subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", *args], cwd=tmp_path,
                             env=env, capture_output=True, text=True, start_new_session=True,
@@ -201,10 +208,13 @@ def test_a_job_killed_between_its_outputs_and_its_record_is_redone(tmp_path, uni
     (folder,) = sweep_folders(tmp_path)
     assert (folder / "1" / "best.pth").is_file() and not (folder / "1" / "report.txt").exists()
     _, _, before = sweep_runs(store)
-    assert before[1].info.status == "RUNNING"  # not FINISHED: its process died first
+    assert before[1].info.status == status  # its process died first
 
     before, output = resume_and_check(args, tmp_path, store, uninterrupted)
-    assert f"job 1: continuing run {before[1].info.run_id}" in output
+    if status == "RUNNING":
+        assert f"job 1: continuing run {before[1].info.run_id}" in output
+    else:
+        assert f"job 1: run {before[1].info.run_id} FINISHED already" in output
 
 
 @pytest.mark.slow

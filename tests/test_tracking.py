@@ -44,9 +44,9 @@ def only_run(uri):
 
 @pytest.mark.slow
 def test_a_run_is_fully_recorded(tiny_data, tmp_path):
+    # tracking.log_model as by default: a single run logs its model at its end
     cfg = compose_config([*store_overrides(tiny_data, tmp_path), "model=cnn", "train.epochs=3",
-                          f"output_dir={tmp_path / 'out'}",
-                          "tracking.log_model=true"])  # the export at the run's end, eagerly
+                          f"output_dir={tmp_path / 'out'}"])
     job.run(cfg)
     uri = cfg.tracking.uri
     client, runs = only_run(uri)
@@ -69,6 +69,13 @@ def test_a_run_is_fully_recorded(tiny_data, tmp_path):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert ARTIFACTS <= artifacts
     assert str(tmp_path / "store" / "artifacts") in run.info.artifact_uri
+    # what the runs table shows: the split as the run's dataset, and a one-line description
+    (split,) = run.inputs.dataset_inputs
+    assert split.dataset.name == "mnist 500/100" and split.dataset.source_type == "local"
+    assert tags["mlflow.note.content"] == (
+        f"cnn, adam lr 0.001, dropout 0.2: test accuracy {run.data.metrics['test/acc']:.2%}, "
+        f"best val/loss {run.data.metrics['best/val_loss']:.4f} at epoch "
+        f"{run.data.metrics['best/epoch']:.0f}")
 
     # best.pth and the logged model predict like the in-memory model would
     data = load_mnist(tiny_data, 100, 0, verify=False)
@@ -148,6 +155,8 @@ def test_a_sweep_nests_its_runs_under_one_parent_with_a_summary(tiny_data, tmp_p
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert {c.data.params["model.name"] for c in children} == {"ffnn", "cnn"}
     assert parent.info.status == "FINISHED"
+    assert parent.info.run_name == "model (2 runs)"  # what the sweep varies
+    assert parent.data.tags["mlflow.note.content"].startswith("2 runs, 2 completed; best")
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"sweep_summary.csv", "sweep_summary.md", "sweep_val_loss.png"} <= artifacts
     best = min(children, key=lambda c: c.data.metrics["best/val_loss"])

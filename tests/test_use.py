@@ -125,7 +125,8 @@ def trained_run(tmp_path_factory):
     uri = f"sqlite:///{tmp}/store/mlflow.db"
     cfg = compose_config(["model=ffnn", "train.epochs=1", "data.limit=10000", "train.batch_size=64",
                           "tracking=local", f"tracking.uri={uri}", "train.progress=off",
-                          f"checkpoint.dir={tmp}/ckpt", f"output_dir={tmp}/out"])
+                          "tracking.log_model=false", f"checkpoint.dir={tmp}/ckpt",
+                          f"output_dir={tmp}/out"])
     job.run(cfg)
     client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("mnist-lab").experiment_id])
@@ -239,7 +240,8 @@ def test_a_failed_export_on_register_leaves_the_run_as_it_was(tiny_data, tmp_pat
                                                              capsys):
     uri = f"sqlite:///{tmp_path}/store/mlflow.db"
     job.run(compose_config([*tiny_overrides(tiny_data), "tracking=local", f"tracking.uri={uri}",
-                            "plots=false", f"output_dir={tmp_path / 'out'}"]))
+                            "plots=false", "tracking.log_model=false",
+                            f"output_dir={tmp_path / 'out'}"]))
     client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("mnist-lab").experiment_id])
     capsys.readouterr()  # the run's own output

@@ -95,8 +95,20 @@ def grid_points(name: str, distribution) -> list:
                      "interval")
 
 
+def is_container(text: str) -> bool:
+    """Whether a choice's text is a list or dict (a choice of lists, `choice([16,32],[32,64])`,
+    which Optuna keeps as text) rather than a text to quote."""
+    if text[:1] not in "[{":
+        return False
+    try:
+        value = OverridesParser.create().parse_overrides([f"k={text}"])[0].value()
+    except Exception:
+        return False
+    return isinstance(value, (list, dict))
+
+
 def as_override(name: str, value: Any) -> str:
     """`name=value`, quoted where Hydra's grammar needs it (a choice of strings with spaces)."""
-    if isinstance(value, str) and not SAFE.fullmatch(value):
+    if isinstance(value, str) and not SAFE.fullmatch(value) and not is_container(value):
         value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
     return f"{name}={value}"

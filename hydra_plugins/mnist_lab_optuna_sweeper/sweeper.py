@@ -134,6 +134,7 @@ class OptunaSweeper(Sweeper):
             for params in settings.enqueue or []:  # once per study, however often it runs
                 study.enqueue_trial(OmegaConf.to_container(params), skip_if_exists=True)
         Path(sweep_dir).mkdir(parents=True, exist_ok=True)  # how each job finds its trial
+        OmegaConf.save(self.config, Path(sweep_dir) / "multirun.yaml")  # as Hydra's sweepers do
         OmegaConf.save({"study_name": name, "storage": url, "pruner": settings.get("pruner")},
                        Path(sweep_dir) / STUDY_FILE)
         log.info(f"Optuna study {name!r} in {storages.shown(url)}: {n_trials} trials, "
