@@ -1,7 +1,7 @@
 # make run: the notebook study (both models) into MLflow; make test: the test suite;
 # make quick: a first look in about a minute (experiment=quick).
 # Both bootstrap .venv on first use; ARGS passes Hydra overrides: make run ARGS="model=cnn".
-# make ui [PORT=5000]: the MLflow UI on this store; make serve MODEL=models:/mnist-cnn/1 [PORT=5001].
+# make ui [PORT=5000]: the MLflow UI on this store (mnist-lab ui); make serve MODEL=models:/mnist-cnn/1 [PORT=5001].
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -32,10 +32,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 ui: $(STAMP)
-	@$(PY) -c "from mlflow import MlflowClient as C; e = C('sqlite:///$(CURDIR)/mlruns/mlflow.db').get_experiment_by_name('mnist-lab'); print('training runs: http://127.0.0.1:$(or $(PORT),5000)/#/experiments/%s/runs' % (e.experiment_id if e else 1))"
-	$(VENV)/bin/mlflow ui --host 127.0.0.1 --port $(or $(PORT),5000) \
-	  --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
-	  --default-artifact-root $(CURDIR)/mlruns/artifacts
+	$(VENV)/bin/mnist-lab ui --uri sqlite:///$(CURDIR)/mlruns/mlflow.db --port $(or $(PORT),5000)
 
 dashboard: $(STAMP)
 	$(PY) -m mnist_lab.cli dashboard $(ARGS)

@@ -70,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     again.add_argument("--uri", default=None, help="tracking URI (default as run.py)")
     again.add_argument("--experiment", default="mnist-lab")
     again.set_defaults(handler=rerun)
+    view = commands.add_parser("ui", help="the MLflow UI on this store, once it answers",
+                               description=ui.__doc__)
+    view.add_argument("--uri", default=None, help="tracking URI (default as run.py)")
+    view.add_argument("--experiment", default="mnist-lab")
+    view.add_argument("--host", default="127.0.0.1")
+    view.add_argument("--port", type=int, default=5000)
+    view.set_defaults(handler=ui)
     board = commands.add_parser("dashboard", help="optuna-dashboard on the Optuna sweeps' studies")
     board.add_argument("--storage", default=None,
                        help="study database URL (default: optuna.db beside the MLflow store)")
@@ -89,6 +96,52 @@ def main(argv: list[str] | None = None) -> int:
     except LabError as err:  # a store that isn't there, a value out of range: one line
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def ui(args: argparse.Namespace) -> int:
+    """`mlflow ui` on this store, its address printed once it answers; the port is kept beside a
+    local store, so the links that runs print lead to it."""
+    import subprocess
+    import time
+
+    import requests
+    from omegaconf import OmegaConf
+
+    from mnist_lab.store import client_for, resolve_uri, ui_port_file
+
+    uri = resolve_uri(OmegaConf.create({"uri": args.uri}))
+    client = client_for(uri)  # a store that is not there: one line, before the server starts
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--registry-store-uri", uri, "--host",
+               args.host, "--port", str(args.port), "--workers", "1"]
+    kept = ui_port_file(uri)
+    if kept is not None:  # artifacts beside the database, as runs log them
+        command += ["--default-artifact-root", str(kept.with_name("artifacts"))]
+    # a local UI needs no job runner: it only delays the start
+    server = subprocess.Popen(command, env={**os.environ,
+                                            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    address = f"http://{args.host}:{args.port}"
+    try:
+        while server.poll() is None:
+            try:
+                requests.get(f"{address}/health", timeout=2).raise_for_status()
+                break
+            except requests.RequestException:
+                time.sleep(0.5)
+        else:
+            print(f"error: mlflow ui stopped with status {server.returncode} (is port "
+                  f"{args.port} taken? pass another: make ui PORT=5001)", file=sys.stderr)
+            return 2
+        if kept is not None:
+            kept.write_text(str(args.port))
+        experiment = client.get_experiment_by_name(args.experiment)
+        page = f"#/experiments/{experiment.experiment_id}/runs" if experiment else ""
+        print(f"MLflow UI, training runs: {address}/{page}  (Ctrl-C stops it)", flush=True)
+        return server.wait()
+    except KeyboardInterrupt:
+        server.terminate()
+        server.wait()
+        return 0
 
 
 def dashboard(args: argparse.Namespace) -> int:

@@ -27,7 +27,9 @@ VARYING = {"epochs": "train.epochs", "batch_size": "train.batch_size", "limit": 
 SORT_KEYS = ("best_val_loss", "test_acc", "wall_s", "lr", "run")
 
 
-def row_for(run) -> dict:
+def row_for(run, client=None) -> dict:
+    """A run's row; with a client, a run that stopped early (pruned, killed, failed) shows the
+    lowest val/loss its epochs reached."""
     params, metrics = run.data.params, run.data.metrics
     per_class = {d: metrics.get(f"test/acc_class_{d}") for d in range(10)}
     per_class = {d: a for d, a in per_class.items() if a is not None}
@@ -36,7 +38,8 @@ def row_for(run) -> dict:
     return {
         "run": run.info.run_name,
         "run_id": run.info.run_id,
-        "status": run.info.status,
+        "status": (f"PRUNED (epoch {run.data.tags.get('pruned_epoch', '?')})"
+                   if run.data.tags.get("pruned") == "true" else run.info.status),
         "model": params.get("model.name", ""),
         "optim": params.get("optim.name", ""),
         "lr": float(params.get("optim.lr", "nan")),
@@ -44,11 +47,19 @@ def row_for(run) -> dict:
         "init": params.get("init.name", ""),
         **{column: None if params.get(key) in (None, "None") else params[key]
            for column, key in VARYING.items()},  # data.limit=None is logged as "None"
-        "best_val_loss": metrics.get("best/val_loss"),
+        "best_val_loss": (metrics["best/val_loss"] if "best/val_loss" in metrics
+                          else lowest_val_loss(client, run)),
         "test_acc": metrics.get("test/acc"),
         "weakest_class": f"{weakest} ({per_class[weakest]:.4f})" if weakest is not None else "",
         "wall_s": round(wall, 1) if wall is not None else None,
     }
+
+
+def lowest_val_loss(client, run) -> float | None:
+    """The lowest val/loss a run logged (one that stopped early has no best/val_loss)."""
+    if client is None or "val/loss" not in run.data.metrics:
+        return None
+    return min(metric_curve(client, run.info.run_id))
 
 
 def find_runs(client, experiment: str, parent: str | None, last: bool,
@@ -133,7 +144,7 @@ def compare(args: argparse.Namespace) -> int:
         print(f"no training runs in {scope}", file=sys.stderr)
         return 1
     descending = args.sort == "test_acc" if args.descending is None else args.descending
-    rows = sort_rows([row_for(r) for r in runs], args.sort, descending)
+    rows = sort_rows([row_for(r, client) for r in runs], args.sort, descending)
     print(f"{len(rows)} runs in {scope}, sorted by {args.sort}")
     print(format_table(rows))
     if args.output:

@@ -131,14 +131,24 @@ def connect(tracking: DictConfig):
         return client, client.get_experiment_by_name(tracking.experiment).experiment_id
 
 
+def ui_port_file(uri: str) -> Path | None:
+    """Where `mnist-lab ui` keeps the port it serves a local store on (beside the database),
+    so that the links runs print lead there; None for a server."""
+    return Path(uri[len("sqlite:///"):]).with_name("ui_port") if uri.startswith("sqlite:///") \
+        else None
+
+
 def ui_url(tracking: DictConfig, page: str) -> str:
     """Where the MLflow UI shows `page` (`experiments/1/runs/ID`), and how to start it."""
     uri = resolve_uri(tracking)
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/#/{page}"
+    kept = ui_port_file(uri)
+    port = kept.read_text().strip() if kept and kept.is_file() else "5000"
     default = uri == f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
-    start = "make ui" if default else f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
-    return f"http://127.0.0.1:5000/#/{page}  (start the UI: {start})"
+    start = ("make ui" + ("" if port == "5000" else f" PORT={port}") if default
+             else f"mnist-lab ui --uri {shlex.quote(uri)} --port {port}")
+    return f"http://127.0.0.1:{port}/#/{page}  (start the UI: {start})"
 
 
 def uri_option(tracking: DictConfig) -> str:

@@ -172,6 +172,17 @@ def test_pruning_stops_bad_trials_and_mlflow_agrees_with_optuna(tiny_data, tmp_p
     assert parent.data.tags["sweep.completed"] == str(counts.count("COMPLETE"))
     assert parent.data.tags["sweep.failed"] == "0"
     assert f"{counts.count('PRUNED')} pruned" in result.stdout
+    # compare lists every trial with its state and the lowest val/loss it reached
+    table = subprocess.run([sys.executable, "-m", "mnist_lab.compare", "--parent",
+                            parent.info.run_id, "--uri", f"sqlite:///{tmp_path}/store/mlflow.db",
+                            "--sort", "run"], capture_output=True, text=True).stdout
+    for trial in study.trials:
+        row = next(line for line in table.splitlines() if runs[trial.number].info.run_name[:20]
+                   in line)
+        lowest = min(trial.intermediate_values.values())
+        assert f"{lowest:.4g}" in row  # as the table rounds it
+        if trial.state.name == "PRUNED":
+            assert f"PRUNED (epoch {max(trial.intermediate_values)})" in row
     # the study on its parent, and each trial pointing at its run
     assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {
         r.info.run_id for r in runs.values()}

@@ -86,7 +86,7 @@ def fake_run(name: str, status: str, epochs: str, metrics: dict) -> SimpleNamesp
               "data.limit": "None", "seed": "0", "sched.name": "none"}
     info = SimpleNamespace(run_name=name, run_id=name * 4, status=status,
                            start_time=1000, end_time=6000 if status == "FINISHED" else None)
-    return SimpleNamespace(info=info, data=SimpleNamespace(params=params, metrics=metrics))
+    return SimpleNamespace(info=info, data=SimpleNamespace(params=params, metrics=metrics, tags={}))
 
 
 def test_compare_shows_what_differs_between_runs_and_why_one_has_no_numbers(tmp_path):

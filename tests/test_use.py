@@ -315,3 +315,26 @@ def test_a_registered_model_is_served_without_an_activated_venv(trained_run, cap
     with torch.inference_mode():
         assert torch.allclose(served, local.eval()(x), atol=1e-4)
     assert (served.argmax(dim=1) == data.test_labels[:8]).sum() >= 7  # a 1-epoch FFNN
+
+
+@pytest.mark.slow
+def test_the_ui_answers_when_it_says_so_and_runs_link_to_its_port(tiny_data, tmp_path):
+    from omegaconf import OmegaConf
+
+    from mnist_lab import store as store_module
+
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    store_module.connect(OmegaConf.create({"uri": uri, "experiment": "mnist-lab"}))
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mnist_lab.cli", "ui", "--uri", uri,
+                               "--port", str(port)], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
+    try:
+        line = next(line for line in server.stdout if line.startswith("MLflow UI"))
+        assert line.startswith(f"MLflow UI, training runs: http://127.0.0.1:{port}/#/experiments/")
+        assert requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+        page = store_module.ui_url(OmegaConf.create({"uri": uri}), "experiments/1")
+        assert page.startswith(f"http://127.0.0.1:{port}/#/experiments/1")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
