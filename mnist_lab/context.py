@@ -15,6 +15,7 @@ from typing import Any
 from hydra_plugins.mnist_lab_optuna_sweeper.api import Trial, trial_for
 
 PARENT_ID_FILE = "mlflow_parent_run_id"  # in the sweep folder, written by the sweep callback
+PROGRESS_FILE = "sweep_progress.json"  # beside it: the sweep's job count and start time
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,18 @@ class JobContext:
     fixed_keys: frozenset[str] = frozenset()  # what the sweep's command set for every job
     parent_id: str | None = None  # the sweep's MLflow parent run
     trial: Trial | None = None  # the Optuna sweeper's trial this job runs (its public API)
+    progress: dict = field(default_factory=dict)  # the sweep's {"jobs": n, "started": time}
+
+    def progress_line(self, now: float) -> str | None:
+        """`job 3 of 8, 1:02 elapsed, about 3:06 left` for a sweep's job; None otherwise."""
+        jobs, started = self.progress.get("jobs"), self.progress.get("started")
+        if self.job_num is None or not jobs or started is None:
+            return None
+        elapsed = now - started
+        line = f"job {self.job_num + 1} of {jobs}, {clock(elapsed)} elapsed"
+        if 0 < self.job_num < jobs:  # from the jobs started so far
+            line += f", about {clock(elapsed / self.job_num * (jobs - self.job_num))} left"
+        return line
 
     @property
     def launcher(self) -> str | None:
@@ -52,7 +65,8 @@ class JobContext:
                    overrides=list(hydra.overrides.task), choices=dict(hydra.runtime.choices),
                    fixed_keys=sweep_fixed_keys(sweep_dir) if sweep_dir else frozenset(),
                    parent_id=parent.read_text().strip() if parent and parent.is_file() else None,
-                   trial=trial_for(sweep_dir, job_num))
+                   trial=trial_for(sweep_dir, job_num), progress=read_json(
+                       sweep_dir / PROGRESS_FILE if sweep_dir else None))
 
 
 def sweep_fixed_keys(sweep_dir: Path) -> frozenset[str]:
@@ -63,3 +77,15 @@ def sweep_fixed_keys(sweep_dir: Path) -> frozenset[str]:
     given = OmegaConf.load(path).hydra.overrides.task if path.is_file() else []
     return frozenset(o.partition("=")[0].lstrip("+~") for o in given
                      if not any(c in o.partition("=")[2] for c in ",("))  # not `a,b`, `range(`
+
+
+def read_json(path: Path | None) -> dict:
+    import json
+
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
+def clock(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else \
+        f"{minutes}:{seconds:02d}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 import random
+import time
 from pathlib import Path
 
 import torch
@@ -134,6 +135,8 @@ def run(cfg: DictConfig, ctx: JobContext = JobContext()) -> float:
     if resume_state and resume_state.get("complete"):  # a finished job: untouched
         return objective(cfg, resume_state["best_val_loss"], count_parameters(build_model(cfg)))
     # inputs before the store: opening MLflow takes seconds, a bad data file answers in one
+    if progress := ctx.progress_line(time.time()):
+        print(progress, flush=True)
     data = load_mnist(cfg.data.root, cfg.data.val_size, split_seed(cfg), cfg.data.limit,
                       cfg.data.download, cfg.data.verify)
     out = output_folder(cfg)

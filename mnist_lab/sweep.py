@@ -22,7 +22,7 @@ from hydra_plugins.mnist_lab_optuna_sweeper.api import SweeperConfigError
 from hydra_plugins.mnist_lab_optuna_sweeper.settings import check_settings
 from hydra_plugins.mnist_lab_optuna_sweeper.storages import exclusive, shown
 from mnist_lab import policy, stopping, sweep_resume
-from mnist_lab.context import PARENT_ID_FILE
+from mnist_lab.context import PARENT_ID_FILE, PROGRESS_FILE
 from mnist_lab.errors import ConfigError
 from mnist_lab.queries import RESUMED_AT_TAG, RESUMES_TAG
 from mnist_lab.resume import Resume
@@ -42,17 +42,19 @@ class MlflowSweepCallback(Callback):
             except (SweeperConfigError, ConfigError) as err:
                 policy.refuse(err)
         overrides = list(config.hydra.overrides.task)
+        jobs = config.hydra.sweeper.n_trials if optuna else grid_jobs(config)[1]
         stopping.guard_sweep(f"continue the sweep with "
                              f"{policy.resume_command(overrides, sweep=True)} (finished jobs "
                              "are skipped)", policy.stop_sweep)
         if not config.tracking.enabled:  # resume=true: each job continues its checkpoint
+            write_progress(Path(config.hydra.sweep.dir), jobs)
             return
         from mnist_lab.liveness import reconcile
 
         client, self.parent_id = open_parent(config, optuna)
         reconcile(client)  # runs whose process died end KILLED, not RUNNING forever
         sweep_dir = Path(config.hydra.sweep.dir)  # a resumed sweep's: its own folder
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        write_progress(sweep_dir, jobs)
         (sweep_dir / PARENT_ID_FILE).write_text(self.parent_id)
         # a stop signal or a crash skips on_multirun_end; no run may stay RUNNING then
         atexit.register(self._close, client, "KILLED")
@@ -102,6 +104,12 @@ class MlflowSweepCallback(Callback):
             policy.sweep_failed(failed)
 
 
+def write_progress(sweep_dir: Path, jobs: int) -> None:
+    """The sweep's size and start, for each job's `job k of n` line (context.progress_line)."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / PROGRESS_FILE).write_text(json.dumps({"jobs": jobs, "started": time.time()}))
+
+
 def open_parent(config: DictConfig, optuna: bool):
     """(client, the sweep's parent run id): the sweep `resume` continues, reopened; else the
     Optuna study's one parent, joined; else a new one."""
@@ -133,8 +141,8 @@ def open_parent(config: DictConfig, optuna: bool):
                                      tags=tags).info.run_id
 
 
-def grid_name(config: DictConfig) -> str:
-    """What a grid sweep varies, as its parent's name: `quick: model x optim.lr (4 runs)`."""
+def grid_jobs(config: DictConfig) -> tuple[list[str], int]:
+    """(the keys a grid sweep varies, how many jobs it has), as Hydra's basic sweeper sees them."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -142,7 +150,12 @@ def grid_name(config: DictConfig) -> str:
     parsed = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
     swept = list(dict.fromkeys(o.get_key_element().lstrip("+~") for o in parsed
                                if o.is_sweep_override()))
-    jobs = len(BasicSweeper.split_arguments(parsed, None)[0])
+    return swept, len(BasicSweeper.split_arguments(parsed, None)[0])
+
+
+def grid_name(config: DictConfig) -> str:
+    """What a grid sweep varies, as its parent's name: `quick: model x optim.lr (4 runs)`."""
+    swept, jobs = grid_jobs(config)
     experiment = config.hydra.runtime.choices.get("experiment")
     what = " x ".join(swept) or "one configuration"
     return f"{experiment + ': ' if experiment else ''}{what} ({jobs} run{'s' * (jobs != 1)})"

@@ -124,3 +124,15 @@ def test_the_resume_hint_is_a_command_that_gives_back_each_value_with_spaces():
         "model": "cnn", "tracking.experiment": "my runs", "data.root": "/tmp/a b", "resume": True}
     sweep = shlex.split(policy.resume_command(given, sweep=True))
     assert sweep[:3] == ["python", "run.py", "-m"] and sweep[3:] == argv[2:]
+
+
+def test_a_sweeps_job_says_where_the_sweep_is():
+    sweep = {"jobs": 8, "started": 1000.0}
+    assert JobContext(job_num=0, progress=sweep).progress_line(1000.4) == "job 1 of 8, 0:00 elapsed"
+    # three jobs started in 90 s: the five left take about 150 s more
+    assert JobContext(job_num=3, progress=sweep).progress_line(1090.0) == (
+        "job 4 of 8, 1:30 elapsed, about 2:30 left")
+    assert JobContext(job_num=1, progress={"jobs": 2, "started": 0.0}).progress_line(4000.0) == (
+        "job 2 of 2, 1:06:40 elapsed, about 1:06:40 left")
+    assert JobContext().progress_line(5.0) is None  # a single run
+

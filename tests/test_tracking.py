@@ -156,6 +156,7 @@ def test_a_sweep_nests_its_runs_under_one_parent_with_a_summary(tiny_data, tmp_p
     assert {c.data.params["model.name"] for c in children} == {"ffnn", "cnn"}
     assert parent.info.status == "FINISHED"
     assert parent.info.run_name == "model (2 runs)"  # what the sweep varies
+    assert "job 1 of 2, 0:0" in result.stdout and "job 2 of 2, " in result.stdout
     assert parent.data.tags["mlflow.note.content"].startswith("2 runs, 2 completed; best")
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"sweep_summary.csv", "sweep_summary.md", "sweep_val_loss.png"} <= artifacts
