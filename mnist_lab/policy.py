@@ -9,6 +9,7 @@ Only this module and the entry points call `sys.exit`.
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import shlex
@@ -79,16 +80,23 @@ def stop_sweep() -> None:
     """End this sweep process after a stop signal (its own run, if any, is closed already).
 
     A worker ends at once, silently: the launcher reports. The launcher stops its workers first,
-    then prints how to continue and exits 130 or 143 (SystemExit, so exit hooks still run)."""
+    then prints how to continue and exits 130 or 143, its exit hooks run (the sweep's record
+    is closed there). With workers gone, it does not wait for joblib to shut its pool down:
+    the pool's feeder thread can hang for good writing a job to a worker that is dead."""
     code = stopping.exit_status()
     if stopping.sweep_hint() is None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
-    stopping.stop_workers()
+    workers = stopping.stop_workers()
     name = signal.Signals(stopping.received[-1] if stopping.received else signal.SIGINT).name
     print(f"\ninterrupted by {name}: {stopping.sweep_hint()}", file=sys.stderr, flush=True)
-    sys.exit(code)
+    if not workers:
+        sys.exit(code)  # the basic launcher: unwinding closes the job's run KILLED
+    atexit._run_exitfuncs()  # what SystemExit would run, without joblib's shutdown
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def refuse(err: LabError) -> None:

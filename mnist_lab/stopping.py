@@ -89,9 +89,10 @@ def sweep_hint() -> str | None:
     return _sweep_hint
 
 
-def stop_workers() -> None:
+def stop_workers() -> int:
     """SIGTERM to every process this one started (a stopped job closes its run KILLED), then
-    SIGKILL to any still alive after the grace period: none outlives the launcher."""
+    SIGKILL to any still alive after the grace period: none outlives the launcher. Returns how
+    many there were."""
     import psutil
 
     # loky's resource tracker ignores SIGTERM by design and ends by itself once the launcher
@@ -115,3 +116,4 @@ def stop_workers() -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=5)
+    return len(workers)

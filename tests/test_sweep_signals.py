@@ -70,7 +70,8 @@ class Sweep:
             time.sleep(0.1)
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
-            raise AssertionError("the launcher did not exit after the stop signal")
+            raise AssertionError("the launcher did not exit after the stop signal: "
+                                 + "".join(self.stderr)[-4000:])
         self.process.stdout.read()
         return self.process.returncode
 
