@@ -328,7 +328,7 @@ def test_the_ui_answers_when_it_says_so_and_runs_link_to_its_port(tiny_data, tmp
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mnist_lab.cli", "ui", "--uri", uri,
                                "--port", str(port)], stdout=subprocess.PIPE, text=True,
-                              start_new_session=True)
+                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         line = next(line for line in server.stdout if line.startswith("MLflow UI"))
         assert line.startswith(f"MLflow UI, training runs: http://127.0.0.1:{port}/#/experiments/")
