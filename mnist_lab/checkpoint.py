@@ -158,10 +158,15 @@ def mark_finished(folder: Path, state: TrainingState) -> None:
     MLflow): a small `finished.json` takes its place, so `resume=true` says it is complete."""
     marker = {**state.identity, "best_val_loss": state.best_val_loss, "epoch": state.epoch,
               "history": state.history}
-    partial = folder / f".{FINISHED}.partial"
-    partial.write_text(json.dumps(marker))
-    os.replace(partial, folder / FINISHED)
+    write_atomic(folder / FINISHED, json.dumps(marker))
     (folder / LAST).unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """`text` into `path` whole or not at all: written beside it, then renamed over it."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 def finished_marker(folder: Path) -> dict | None:

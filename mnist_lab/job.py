@@ -97,13 +97,6 @@ def write_outputs(out: Path, cfg: DictConfig, ctx: JobContext, state: TrainingSt
                                 data.test_images, data.test_labels)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """`text` into `path` whole or not at all: written beside it, then renamed over it."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
 def figure_label(cfg: DictConfig, ctx: JobContext = JobContext()) -> str:
     """The run's name, then epochs, batch size and data.limit where the name does not say them."""
     name = run_name(cfg, ctx.overrides, ctx.fixed_keys)
@@ -123,9 +116,9 @@ def stop_check(received: list[int]):
     return check
 
 
-def run(cfg: DictConfig, ctx: JobContext = JobContext()) -> float:
-    """Train and evaluate one configuration in the job `ctx`; return the best validation loss
-    (the objective)."""
+def run(cfg: DictConfig, ctx: JobContext = JobContext()) -> float | tuple:
+    """Train and evaluate one configuration in the job `ctx`; return its objective (`objective`:
+    the best validation loss, or the tuple of several `objectives`)."""
     validate(cfg)  # once per process: at once if the caller checked it already
     store.check_store(cfg.tracking)  # file checks only: a read-only store answers at once
     if ctx.parent_id and Resume.of(cfg).wanted:  # resume= named the sweep, not this job's run
@@ -191,7 +184,7 @@ def run(cfg: DictConfig, ctx: JobContext = JobContext()) -> float:
         run_tracker.finish(model, state, test, out, summary)
         # last, once the run is FINISHED: a report on disk means the job is complete, which is
         # what a resumed sweep takes it to mean; a kill before this redoes the job's last steps
-        write_atomic(out / "report.txt", summary + "\n")
+        checkpoint.write_atomic(out / "report.txt", summary + "\n")
         if last:
             checkpoint.mark_finished(last.parent, state)
     print(where_to_look(cfg, out, run_tracker), flush=True)
