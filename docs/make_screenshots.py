@@ -4,7 +4,9 @@ Runs `experiment=quick` (both models x two learning rates on 6,000 real MNIST im
 minute) into a temporary MLflow store, starts `mlflow ui` on it, takes headless Chromium
 screenshots of the runs table and the compare page, and copies the best CNN
 run's figures; everything lands in docs/images/ as small palette PNGs. Needs Chromium
-(`apt-get install chromium`). `--store DIR` reuses a store that already holds such a sweep.
+(`apt-get install chromium`) and Playwright to drive it (`pip install -e '.[docs]'`; it uses
+the system's Chromium, downloads no browser). `--store DIR` reuses a store that already holds
+such a sweep.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ import requests
 from mlflow import MlflowClient
 from PIL import Image
 
+from mnist_lab.store import runs_table
+
 ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 IMAGES = ROOT / "docs" / "images"
 FIGURES = ("loss_curves.png", "confusion_matrix.png", "class_accuracy.png",
            "confident_mistakes.png")
@@ -53,13 +58,34 @@ def browser() -> str:
     raise SystemExit("no Chromium on PATH: apt-get install chromium")
 
 
-def screenshot(url: str, path: Path, size: str = "1400,900") -> None:
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run([browser(), "--headless", "--no-sandbox", "--disable-gpu",
-                        "--disable-background-networking", "--disable-component-update",
-                        "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-                        f"--window-size={size}", "--virtual-time-budget=15000", "--hide-scrollbars",
-                        f"--screenshot={path}", url], check=True, capture_output=True, timeout=120)
+def screenshot(url: str, path: Path, size: str, picks: dict[str, list[str]] = {}) -> None:
+    """A headless Chromium screenshot of `url`, driven by Playwright; `picks` first chooses
+    values in the page's drop-downs, found by their placeholder text, as a user would:
+    "Clear All", then type each name and press Enter."""
+    from playwright.sync_api import sync_playwright
+
+    width, height = map(int, size.split(","))
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=shutil.which(browser()),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        page = chromium.new_page(viewport={"width": width, "height": height})
+        page.goto(url)
+        page.wait_for_timeout(5000)  # the UI polls: the network never goes idle
+        if picks:
+            page.get_by_role("button", name="Clear All").click()
+        for placeholder, names in picks.items():
+            page.locator(".du-bois-light-select-selection-placeholder",
+                         has_text=placeholder).click(force=True)
+            for name in names:
+                page.keyboard.type(name)
+                page.wait_for_timeout(300)
+                page.keyboard.press("Enter")
+            page.keyboard.press("Escape")
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(path))
+        chromium.close()
 
 
 def shrink(source: Path, target: Path, width: int | None = None) -> None:
@@ -105,30 +131,24 @@ def main(argv: list[str] | None = None) -> int:
             except requests.RequestException:
                 time.sleep(1)
         ids = json.dumps([c.info.run_id for c in children])
-        # A shared view (an experiment tag the UI reads by key): the runs listed flat (sorted
-        # by a metric, the UI does not nest children under their parent), with the columns a
-        # user adds first.
-        view = {"searchFilter": "", "orderByKey": "metrics.`test/acc`", "orderByAsc": False,
-                "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [],
-                "modelVersionFilter": "All Runs",
-                "selectedColumns": ["params.`model.name`", "params.`optim.lr`",
-                                    "metrics.`best/epoch`", "metrics.`best/val_loss`",
-                                    "metrics.`test/acc`"]}
-        client.set_experiment_tag(experiment, "mlflow.sharedViewState.readme", json.dumps(view))
-        pages = {  # name: (address, window size, height kept)
-            "mlflow_runs.png": (f"{base}/#/experiments/{experiment}/runs?viewStateShareKey=readme",
-                                "1600,560", 560),
+        # name: (address, window size, drop-down picks, the width of MLflow's assistant panel
+        # on the right, cut off: nothing of ours is there)
+        pages = {
+            # the address `make ui` and the runs print: the lab's view of the runs table
+            "mlflow_runs.png": (f"{base}/#/{runs_table(experiment)}", "1800,520", {}, 470),
+            # the compare page after the README's two steps (MLflow preselects other keys)
             "mlflow_compare.png": (f"{base}/#/compare-runs?runs={urllib.parse.quote(ids)}"
                                    f"&experiments={urllib.parse.quote(json.dumps([experiment]))}",
-                                   "1600,1000", 880),
+                                   "1600,640",
+                                   {"Please select parameters": ["model.name", "optim.lr"],
+                                    "Please select metrics": ["test/acc"]}, 400),
         }
         IMAGES.mkdir(parents=True, exist_ok=True)
-        for name, (url, size, height) in pages.items():
+        for name, (url, size, picks, panel) in pages.items():
             raw = work / name
-            screenshot(url, raw, size)
-            # the right quarter is MLflow's assistant panel, which has nothing of ours
+            screenshot(url, raw, size, picks)
             image = Image.open(raw)
-            image.crop((0, 0, int(image.width * 0.74), height)).save(raw)
+            image.crop((0, 0, image.width - panel, image.height)).save(raw)
             shrink(raw, IMAGES / name, width=1000)
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the UI and the workers it started

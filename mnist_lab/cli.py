@@ -107,7 +107,7 @@ def ui(args: argparse.Namespace) -> int:
     import requests
     from omegaconf import OmegaConf
 
-    from mnist_lab.store import client_for, resolve_uri, ui_port_file
+    from mnist_lab.store import client_for, resolve_uri, runs_table, ui_port_file
 
     uri = resolve_uri(OmegaConf.create({"uri": args.uri}))
     client = client_for(uri)  # a store that is not there: one line, before the server starts
@@ -135,7 +135,7 @@ def ui(args: argparse.Namespace) -> int:
         if kept is not None:
             kept.write_text(str(args.port))
         experiment = client.get_experiment_by_name(args.experiment)
-        page = f"#/experiments/{experiment.experiment_id}/runs" if experiment else ""
+        page = f"#/{runs_table(experiment.experiment_id)}" if experiment else ""
         print(f"MLflow UI, training runs: {address}/{page}  (Ctrl-C stops it)", flush=True)
         return server.wait()
     except KeyboardInterrupt:

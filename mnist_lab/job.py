@@ -181,7 +181,7 @@ def run(cfg: DictConfig, ctx: JobContext = JobContext()) -> float | tuple:
         summary = report(test, f"{cfg.choices.model} on the test set")
         print(summary, flush=True)
         write_outputs(out, cfg, ctx, state, test, data)
-        run_tracker.finish(model, state, test, out, summary)
+        run_tracker.finish(state, test, out, summary)
         # last, once the run is FINISHED: a report on disk means the job is complete, which is
         # what a resumed sweep takes it to mean; a kill before this redoes the job's last steps
         checkpoint.write_atomic(out / "report.txt", summary + "\n")

@@ -12,91 +12,39 @@ import argparse
 import os
 import sys
 import sysconfig
-import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from mnist_lab.served import ModelSourceError, log_digit_model, model_from_files
 from mnist_lab.store import client_for
-from mnist_lab.schema import load_logged_config
-
-
-def log_pytorch_model(model, run_id: str) -> None:
-    """`mlflow.pytorch` model with signature and input example: `runs:/<id>/model` loads it."""
-    import mlflow
-    import torch
-    from mlflow.models import infer_signature
-
-    model = model.cpu().eval()
-    example = torch.zeros(2, 1, 28, 28).numpy()  # batch 2 keeps the exported batch dim dynamic
-    with torch.inference_mode():
-        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-        # torch.export's packager warns about CPU weights it handles correctly
-        warnings.filterwarnings("ignore", "No complete tensor found in the group")
-        mlflow.pytorch.log_model(model, name="model", signature=signature,
-                                 input_example=example,
-                                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-
 
 
 def logged_model_id(client, run_id: str, uri: str | None) -> str:
-    """The id of the run's `mlflow.pytorch` model, logged now from its config.yaml and best.pth
-    if the run has none (a sweep's children, or tracking.log_model=false: the export costs
-    seconds a run). The run keeps its status and end time: MLflow's logging reopens it for a
-    moment."""
+    """The id of the run's model (see `served`), logged now from its config.yaml and best.pth
+    if the run has none (a sweep's children, or tracking.log_model=false). The run keeps its
+    status and end time: MLflow's logging reopens it for a moment."""
     run = client.get_run(run_id)
     if not run.outputs.model_outputs:
-        model = model_from_run(run_id, uri)[0]
+        config, state = run_files(run_id, uri)
+        model_from_files(config, state)  # a config and weights that build a model, or one line
         try:
-            log_pytorch_model(model, run_id)
+            log_digit_model(run_id, config, state)
         finally:  # a failed export leaves the run as it was, not FAILED by MLflow's start_run
             client.set_terminated(run_id, run.info.status, end_time=run.info.end_time)
         run = client.get_run(run_id)
     return run.outputs.model_outputs[0].model_id
 
 
-class ModelSourceError(RuntimeError):
-    """The requested model can't be found or loaded; the message says which and why."""
-
-
-def model_from_files(config_path: Path, state_path: Path) -> tuple[torch.nn.Module, DictConfig]:
-    """The model that a logged config.yaml builds, with best.pth loaded (weights_only)."""
-    from mnist_lab.checkpoint import load_safely
-    from mnist_lab.errors import CheckpointError
-    from mnist_lab.models import build_model
-
-    def first_line(err: Exception) -> str:
-        text = str(err).strip()
-        return f"{type(err).__name__}: {text.splitlines()[0][:200]}" if text else type(err).__name__
-
-    if not config_path.is_file():
-        raise ModelSourceError(f"{config_path}: config file not found")
-    try:
-        cfg = load_logged_config(config_path)
-        model = build_model(cfg)
-    except Exception as err:  # YAML errors, keys the schema lacks, values that build nothing
-        raise ModelSourceError(f"{config_path}: not a run's config.yaml "
-                               f"({first_line(err)})") from None
-    try:
-        model.load_state_dict(load_safely(state_path))
-    except CheckpointError as err:
-        raise ModelSourceError(str(err)) from None
-    except Exception as err:  # another architecture, or not a state_dict at all
-        raise ModelSourceError(f"{state_path}: does not fit the {cfg.choices.model} model that "
-                               f"{config_path} describes (another run's checkpoint?): "
-                               f"{first_line(err)}") from None
-    return model.eval(), cfg
-
-
-def model_from_run(run_id: str, uri: str | None) -> tuple[torch.nn.Module, DictConfig]:
+def run_files(run_id: str, uri: str | None) -> tuple[Path, Path]:
+    """The run's config.yaml and best.pth, downloaded."""
     client = client_for(uri)
     try:
         config = client.download_artifacts(run_id, "config.yaml")
         state = client.download_artifacts(run_id, "best.pth")
     except Exception as err:
         raise ModelSourceError(f"run {run_id}: config.yaml or best.pth not found ({err})") from None
-    return model_from_files(Path(config), Path(state))
+    return Path(config), Path(state)
 
 
 def load_model(run: str | None = None, registered: str | None = None,
@@ -104,14 +52,16 @@ def load_model(run: str | None = None, registered: str | None = None,
                uri: str | None = None) -> torch.nn.Module:
     """One of: an MLflow run's best model, a `models:/NAME/VERSION` URI, or best.pth + config."""
     if run:
-        return model_from_run(run, uri)[0]
+        return model_from_files(*run_files(run, uri))[0]
     if registered:
         import mlflow
 
         client_for(uri)  # sets the tracking URI, checked
         try:
-            # an exported (pt2) graph: already in inference form, and it refuses .eval()
-            return mlflow.pytorch.load_model(registered)
+            flavors = mlflow.models.get_model_info(registered).flavors
+            if "pytorch" in flavors:  # logged by an earlier version: an exported (pt2) graph
+                return mlflow.pytorch.load_model(registered)
+            return mlflow.pyfunc.load_model(registered).unwrap_python_model().net
         except Exception as err:
             raise ModelSourceError(f"{registered}: cannot load ({err})") from None
     if checkpoint and config:
@@ -126,7 +76,7 @@ def evaluate_run(args: argparse.Namespace) -> int:
     from mnist_lab.evaluate import evaluate, report
 
     try:
-        model, cfg = model_from_run(args.run, args.uri)
+        model, cfg = model_from_files(*run_files(args.run, args.uri))
     except ModelSourceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -224,7 +174,8 @@ def add_parsers(commands) -> None:
     srv = commands.add_parser(
         "serve", help="serve a registered model over HTTP (POST /invocations)",
         description="Serve a model with `mlflow models serve` in this environment; POST "
-                    '{"inputs": [[[[...28x28 floats in 0..1...]]]]} to /invocations for logits.')
+                    '{"inputs": ["<an image file, base64>", ...]} to /invocations: each '
+                    'is read as predict reads it, and answered as predict --json answers.')
     srv.add_argument("--model", required=True, metavar="models:/NAME/VERSION",
                      help="a registered model (or runs:/RUN_ID/model)")
     srv.add_argument("--port", type=int, default=5001)

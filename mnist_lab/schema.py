@@ -135,7 +135,7 @@ class TrackingConf:
     enabled: bool = True
     uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite under <project>/mlruns
     experiment: str = "mnist-lab"
-    # null: a single run logs its mlflow.pytorch model at its end, a sweep only its best run's;
+    # null: a single run logs its MLflow model at its end, a sweep only its best run's;
     # true: every run (seconds each); false: none at a run's end (`mnist-lab register` exports)
     log_model: Optional[bool] = None
 

@@ -7,6 +7,7 @@ that at once fail. A server is asked for its health first. Every failure is one 
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from contextlib import contextmanager
@@ -18,6 +19,16 @@ from mnist_lab.errors import TrackingError
 from mnist_lab.schema import PROJECT_ROOT
 
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+# The runs table as the lab opens it: a view MLflow shares through an experiment tag, read when
+# the address carries ?viewStateShareKey=lab. Every run listed flat, best test accuracy first,
+# with the columns that answer "which configuration is best" (MLflow has no per-project default).
+RUNS_VIEW = "lab"
+RUNS_VIEW_STATE = {
+    "searchFilter": "", "orderByKey": "metrics.`test/acc`", "orderByAsc": False,
+    "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [],
+    "modelVersionFilter": "All Runs",
+    "selectedColumns": ["params.`model.name`", "params.`optim.lr`", "params.`dropout.p`",
+                        "metrics.`best/val_loss`", "metrics.`test/acc`"]}
 
 
 def resolve_uri(tracking: DictConfig) -> str:
@@ -119,16 +130,25 @@ def connect(tracking: DictConfig):
     uri = resolve_uri(tracking)
     client = open_client(uri, create=True)
     experiment = client.get_experiment_by_name(tracking.experiment)
-    if experiment is not None:
-        return client, experiment.experiment_id
-    location = None
-    if uri.startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
-        db = Path(uri[len("sqlite:///"):])
-        location = (db.parent / "artifacts" / tracking.experiment).resolve().as_uri()
-    try:
-        return client, client.create_experiment(tracking.experiment, location)
-    except mlflow.exceptions.MlflowException:  # another job created it a moment ago
-        return client, client.get_experiment_by_name(tracking.experiment).experiment_id
+    if experiment is None:
+        location = None
+        if uri.startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
+            db = Path(uri[len("sqlite:///"):])
+            location = (db.parent / "artifacts" / tracking.experiment).resolve().as_uri()
+        try:
+            client.create_experiment(tracking.experiment, location)
+        except mlflow.exceptions.MlflowException:  # another job created it a moment ago
+            pass
+        experiment = client.get_experiment_by_name(tracking.experiment)
+    view = f"mlflow.sharedViewState.{RUNS_VIEW}"
+    if view not in experiment.tags:  # a view the user changed in the UI stays as they left it
+        client.set_experiment_tag(experiment.experiment_id, view, json.dumps(RUNS_VIEW_STATE))
+    return client, experiment.experiment_id
+
+
+def runs_table(experiment_id: str) -> str:
+    """The page of the experiment's runs table in the lab's view (see RUNS_VIEW)."""
+    return f"experiments/{experiment_id}/runs?viewStateShareKey={RUNS_VIEW}"
 
 
 def ui_port_file(uri: str) -> Path | None:

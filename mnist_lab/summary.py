@@ -20,7 +20,7 @@ from mnist_lab.store import resolve_uri
 
 
 def log_best_model(client, parent_id: str, tracking: DictConfig) -> None:
-    """The sweep's best run gets its `mlflow.pytorch` model now, once per sweep instead of an
+    """The sweep's best run gets its model (see `served`) now, once per sweep instead of an
     export per run; a failure is reported, the sweep's record stands without it."""
     best = client.get_run(parent_id).data.tags.get("best_run_id")
     if best:

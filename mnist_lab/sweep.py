@@ -78,7 +78,7 @@ class MlflowSweepCallback(Callback):
         if self.parent_id is None:
             return
         from mnist_lab import summary
-        from mnist_lab.store import connect, ui_url, uri_option
+        from mnist_lab.store import connect, runs_table, ui_url, uri_option
 
         client, experiment_id = connect(config.tracking)
         status = "FAILED"
@@ -99,7 +99,7 @@ class MlflowSweepCallback(Callback):
             self._close(client, status)
         print(f"compare the sweep's runs: mnist-lab compare --parent {parent_id}"
               f"{uri_option(config.tracking)}\n"
-              f"MLflow: {ui_url(config.tracking, f'experiments/{experiment_id}/runs/{parent_id}')}")
+              f"MLflow, the runs table: {ui_url(config.tracking, runs_table(experiment_id))}")
         if failed:
             policy.sweep_failed(failed)
 

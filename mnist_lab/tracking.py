@@ -2,7 +2,7 @@
 
 The run is made, logged to and ended through `MlflowClient` with explicit run ids, so jobs in
 other processes (joblib, submitit) log the same way and nothing reads MLflow's "active run".
-The one fluent call is the model export (`registry.log_pytorch_model`), which opens this run by
+The one fluent call is the model export (`served.log_digit_model`), which opens this run by
 id with `mlflow.start_run(run_id=...)` on the global tracking URI that `store.connect` sets.
 MLflow is imported inside the functions that use it, only when tracking is on: it costs seconds.
 """
@@ -51,7 +51,7 @@ class Tracker(Protocol):
 
     def log_epoch(self, state, metrics: dict[str, float]) -> None: ...
 
-    def finish(self, model, state, test, out: Path, report: str) -> None: ...
+    def finish(self, state, test, out: Path, report: str) -> None: ...
 
 
 class NoTracking:
@@ -189,7 +189,7 @@ class MlflowRun:
                                                     for k, v in metrics.items()],
                               tags=[RunTag(*heartbeat().popitem())])  # same write, no cost
 
-    def finish(self, model, state, test, out: Path, report: str) -> None:
+    def finish(self, state, test, out: Path, report: str) -> None:
         """Log the test results, the output folder and `report` (report.txt, which the job
         writes to its folder only after this), then end the run FINISHED."""
         metrics = {"test/loss": test.loss, "test/acc": test.accuracy, "test_seconds": test.seconds,
@@ -204,9 +204,9 @@ class MlflowRun:
         self.client.log_text(self.run_id, report + "\n", "report.txt")
         log_model = self.cfg.tracking.log_model
         if log_model or (log_model is None and not self.ctx.multirun):  # a sweep: its best
-            from mnist_lab.registry import log_pytorch_model
+            from mnist_lab.served import log_digit_model
 
-            log_pytorch_model(model, self.run_id)
+            log_digit_model(self.run_id, out / "config.yaml", out / "best.pth")
         self.client.set_terminated(self.run_id, "FINISHED")
         self.closed = True  # a stop signal from here on leaves it FINISHED
 

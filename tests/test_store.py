@@ -16,7 +16,7 @@ from helpers import ROOT, compose_config, make_dataset, tiny_overrides
 from mnist_lab import tracking
 from mnist_lab.cli import main
 from mnist_lab.liveness import reconcile
-from mnist_lab.store import connect
+from mnist_lab.store import connect, runs_table
 
 
 def connect_when_told(uri, go, results):
@@ -28,6 +28,22 @@ def connect_when_told(uri, go, results):
         results.put("ok")
     except Exception as err:  # noqa: BLE001  the test reports whatever a process hit
         results.put(f"{type(err).__name__}: {err}")
+
+
+def test_the_experiment_opens_on_the_labs_runs_view_and_keeps_a_users_changes(tmp_path):
+    import json
+
+    tracking_cfg = OmegaConf.create({"uri": f"sqlite:///{tmp_path}/mlflow.db",
+                                     "experiment": "mnist-lab"})
+    client, experiment_id = connect(tracking_cfg)
+    key = "mlflow.sharedViewState.lab"
+    view = json.loads(client.get_experiment(experiment_id).tags[key])
+    assert view["orderByKey"] == "metrics.`test/acc`" and not view["orderByAsc"]
+    assert "metrics.`test/acc`" in view["selectedColumns"]
+    assert runs_table(experiment_id) == f"experiments/{experiment_id}/runs?viewStateShareKey=lab"
+    client.set_experiment_tag(experiment_id, key, '{"selectedColumns": []}')  # changed in the UI
+    assert connect(tracking_cfg)[1] == experiment_id
+    assert client.get_experiment(experiment_id).tags[key] == '{"selectedColumns": []}'
 
 
 @pytest.mark.slow

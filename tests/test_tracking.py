@@ -89,7 +89,7 @@ def test_a_run_is_fully_recorded(tiny_data, tmp_path):
     assert torch.equal(torch.from_numpy(labels), data.test_labels)
     assert torch.equal(torch.from_numpy(predictions), result.predictions)
     mlflow.set_tracking_uri(uri)
-    logged = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    logged = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").unwrap_python_model().net
     x = data.test_images[:37].unsqueeze(1).float() / 255
     model.eval()
     with torch.inference_mode():
