@@ -215,3 +215,67 @@ def test_a_new_component_is_one_yaml_file(tmp_path):
     problem = first_problem([searchpath, "sched=exponential", "+sched.decay=0.5"])
     assert problem.startswith("sched.decay=0.5 is not allowed: not an argument of "
                               "torch.optim.lr_scheduler.ExponentialLR") and "gamma" in problem
+
+
+def leaf_values(cfg, prefix: str = "") -> dict[str, object]:
+    """Every leaf key of a composed config (dotted) with its value; unresolved interpolations
+    are kept as written."""
+    values = {}
+    for key in cfg:
+        path = f"{prefix}{key}"
+        if OmegaConf.is_missing(cfg, key) or OmegaConf.is_interpolation(cfg, key):
+            values[path] = None
+            continue
+        value = cfg[key]
+        if OmegaConf.is_dict(value) and len(value):
+            values.update(leaf_values(value, path + "."))
+        else:
+            values[path] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    return values
+
+
+def documented_keys() -> dict[str, list[str]]:
+    """docs/configuration.md's Keys table: each key named in a row's first column, with the
+    default column's backquoted values in the same order (`.optim` after `choices.model` is
+    `choices.optim`)."""
+    import re
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    table = text[text.index("## Keys"):text.index("Every default above")]
+    keys = {}
+    for row in (line for line in table.splitlines() if line.startswith("| `")):
+        names_cell, default_cell = row.split("|")[1:3]
+        names = re.findall(r"`([^`]+)`", names_cell)
+        defaults = re.findall(r"`([^`]+)`", default_cell.split("(")[0])
+        for i, name in enumerate(names):
+            full = names[0].rsplit(".", 1)[0] + name if name.startswith(".") else name
+            keys[full] = defaults[i:i + 1]
+    return keys
+
+
+def test_the_keys_reference_names_every_key_of_the_schema_with_a_default_it_takes():
+    import yaml
+
+    options = [[], ["model=cnn"], ["model=cnn_bn"], *([f"optim={o}"] for o in
+               ("adamw", "sgd", "rmsprop")), *([f"sched={s}"] for s in ("step", "cosine",
+               "onecycle")), ["launcher=parallel"], ["launcher=submitit_local"]]
+    taken: dict[str, list] = {}
+    for values in (leaf_values(compose_config(overrides)) for overrides in options):
+        for key, value in values.items():
+            taken.setdefault(key, []).append(value)
+    documented = documented_keys()
+    assert sorted(set(documented) - set(taken)) == []  # a key the schema no longer has
+    by_group = ("optim.", "sched", "launcher.", "hydra.")  # the groups' own arguments
+    undocumented = [key for key in taken if key not in documented and "_target_" not in key
+                    and "_partial_" not in key and not key.startswith(by_group)]
+    assert undocumented == []
+    for key, shown in documented.items():
+        if not shown or "$" in shown[0] or "/" in shown[0]:
+            continue  # an interpolation or a path: resolved per machine
+        value = yaml.safe_load(shown[0])
+        if isinstance(value, str):
+            try:
+                value = float(value)  # YAML 1.1 reads 1e-3 as a string
+            except ValueError:
+                pass
+        assert any(value == v or str(value) == str(v) for v in taken[key]), (key, shown)
