@@ -26,6 +26,7 @@ class JobContext:
     sweep_dir: Path | None = None
     output_dir: Path | None = None
     overrides: list[str] = field(default_factory=list)  # the task overrides, as given
+    hydra_overrides: list[str] = field(default_factory=list)  # hydra.*, hydra/..., as given
     choices: dict[str, Any] = field(default_factory=dict)  # group -> option, hydra/* too
     fixed_keys: frozenset[str] = frozenset()  # what the sweep's command set for every job
     parent_id: str | None = None  # the sweep's MLflow parent run
@@ -62,7 +63,8 @@ class JobContext:
         job_num = hydra.job.get("num")
         return cls(multirun=multirun, job_num=job_num, job_name=hydra.job.name,
                    sweep_dir=sweep_dir, output_dir=Path(hydra.runtime.output_dir),
-                   overrides=list(hydra.overrides.task), choices=dict(hydra.runtime.choices),
+                   overrides=list(hydra.overrides.task),
+                   hydra_overrides=list(hydra.overrides.hydra), choices=dict(hydra.runtime.choices),
                    fixed_keys=sweep_fixed_keys(sweep_dir) if sweep_dir else frozenset(),
                    parent_id=parent.read_text().strip() if parent and parent.is_file() else None,
                    trial=trial_for(sweep_dir, job_num), progress=read_json(

@@ -164,11 +164,16 @@ def discard_refused_run_folder(ctx: JobContext) -> None:
 def resume_hint(cfg: DictConfig, ctx: JobContext) -> str:
     if not cfg.checkpoint.enabled:
         return "checkpoint.enabled=false, so there is nothing to resume"
-    return f"the last complete epoch is kept; continue with\n  {resume_command(ctx.overrides)}"
+    return (f"the last complete epoch is kept; continue with\n  "
+            f"{resume_command(ctx.overrides, ctx.hydra_overrides)}")
 
 
-def resume_command(overrides: list[str], sweep: bool = False) -> str:
-    """The command that continues a stopped run (or sweep) given these overrides, `resume=true`
-    in place of any `resume=`, quoted for the shell: a value with a space survives the paste."""
+def resume_command(overrides: list[str], hydra_overrides: list[str] = (),
+                   sweep: bool = False) -> str:
+    """The command that continues a stopped run (or sweep) given its overrides, `resume=true` in
+    place of any `resume=`, and Hydra's own (`hydra.run.dir=`, `hydra/sweeper=optuna`,
+    `hydra.sweeper.n_trials=`: the same folder, budget and search) but the mode `-m` sets,
+    quoted for the shell: a value with a space survives the paste."""
     kept = [o for o in overrides if o.partition("=")[0].lstrip("+~") != "resume"]
+    kept += [o for o in hydra_overrides if o.partition("=")[0].lstrip("+~") != "hydra.mode"]
     return shlex.join(["python", "run.py", *(["-m"] if sweep else []), *kept, "resume=true"])

@@ -6,8 +6,9 @@ code, so `mlflow.pyfunc.load_model("runs:/RUN_ID/model")` works wherever torch, 
 Hydra are installed. Its input is a list of image files, base64-encoded (PNG, JPEG, ...; any size,
 either polarity, grayscale or colour; a `data:image/...;base64,` prefix is allowed); each is
 prepared by `images.to_mnist`, as `mnist-lab predict` prepares it, and answered as predict's
-`--json` answers: `{"prediction": 7, "top3": [{"digit": 7, "probability": 0.99}, ...]}`, or
-`{"error": "..."}` for an image that shows no digit or is no image.
+`--json` answers: `{"prediction": 7, "top3": [{"digit": 7, "probability": 0.99}, ...],
+"error": null}`; for an image that shows no digit or is no image, `prediction` and `top3` are
+null and `error` says why. In Python, each answer is an `Answer`.
 
 `unwrap_python_model().net` is the lab's own network (the `CNN` or `FFNN` class, in eval mode),
 for Python users who want the layers rather than the images.
@@ -17,11 +18,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import warnings
 from pathlib import Path
-from typing import Any
+from typing import Optional
 
 import mlflow.pyfunc
+import pydantic
 import torch
 from omegaconf import DictConfig
 
@@ -76,29 +77,35 @@ def decode(text: str, index: int) -> bytes:
         raise ImageError(f"image {index}: not base64 (send the file's bytes, base64-encoded)") from None
 
 
-# MLflow reads predict's type hints when the class is made (and when the model is logged), and
-# notes that it does not validate `Any`: the answers' nested dicts take it
-ANY_HINT = "Any type hint is inferred"
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", ANY_HINT, UserWarning)
+class Ranked(pydantic.BaseModel):
+    digit: int
+    probability: float
 
-    class DigitReader(mlflow.pyfunc.PythonModel):
-        """Base64-encoded image files in, predict's answer for each out."""
 
-        def load_context(self, context) -> None:
-            self.net, _ = model_from_files(Path(context.artifacts["config"]),
-                                           Path(context.artifacts["weights"]))
+class Answer(pydantic.BaseModel):
+    """What the model says of one image: predict --json's answer, or why there is none."""
+    prediction: Optional[int] = None
+    top3: Optional[list[Ranked]] = None
+    error: Optional[str] = None
 
-        def predict(self, context, model_input: list[str], params=None) -> list[dict[str, Any]]:
-            answers = []
-            for index, text in enumerate(model_input):
-                try:
-                    image = to_mnist(decode(text, index), name=f"image {index}")
-                except ImageError as err:
-                    answers.append({"error": str(err)})
-                    continue
-                answers.append(classify(self.net, image.unsqueeze(0))[0])
-            return answers
+
+class DigitReader(mlflow.pyfunc.PythonModel):
+    """Base64-encoded image files in, predict's answer for each out (MLflow checks both types)."""
+
+    def load_context(self, context) -> None:
+        self.net, _ = model_from_files(Path(context.artifacts["config"]),
+                                       Path(context.artifacts["weights"]))
+
+    def predict(self, context, model_input: list[str], params=None) -> list[Answer]:
+        answers = []
+        for index, text in enumerate(model_input):
+            try:
+                image = to_mnist(decode(text, index), name=f"image {index}")
+            except ImageError as err:
+                answers.append(Answer(error=str(err)))
+                continue
+            answers.append(Answer(**classify(self.net, image.unsqueeze(0))[0]))
+        return answers
 
 
 def log_digit_model(run_id: str, config_path: Path, state_path: Path) -> None:
@@ -110,8 +117,7 @@ def log_digit_model(run_id: str, config_path: Path, state_path: Path) -> None:
 
     requirements = [f"{name}=={version(name).split('+')[0]}"
                     for name in ("torch", "pillow", "numpy", "hydra-core", "omegaconf")]
-    with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ANY_HINT, UserWarning)
+    with mlflow.start_run(run_id=run_id):
         mlflow.pyfunc.log_model(name="model", python_model=str(PACKAGE / "served_model.py"),
                                 artifacts={"config": str(config_path), "weights": str(state_path)},
                                 code_paths=[str(PACKAGE)], pip_requirements=requirements)

@@ -42,10 +42,11 @@ class MlflowSweepCallback(Callback):
             except (SweeperConfigError, ConfigError) as err:
                 policy.refuse(err)
         overrides = list(config.hydra.overrides.task)
+        hydra_overrides = list(config.hydra.overrides.hydra)
         jobs = config.hydra.sweeper.n_trials if optuna else grid_jobs(config)[1]
         stopping.guard_sweep(f"continue the sweep with "
-                             f"{policy.resume_command(overrides, sweep=True)} (finished jobs "
-                             "are skipped)", policy.stop_sweep)
+                             f"{policy.resume_command(overrides, hydra_overrides, sweep=True)} "
+                             "(finished jobs are skipped)", policy.stop_sweep)
         if not config.tracking.enabled:  # resume=true: each job continues its checkpoint
             write_progress(Path(config.hydra.sweep.dir), jobs)
             return

@@ -97,6 +97,7 @@ def assert_stopped_cleanly(sweep: Sweep, signum: int) -> list:
     assert "Traceback" not in err, err
     hints = [line for line in err.splitlines() if "continue the sweep with" in line]
     assert len(hints) == 1 and "resume=true" in hints[0] and "-m" in hints[0], err
+    assert "hydra.sweep.dir=" in hints[0] and "hydra.mode" not in hints[0]  # Hydra's own, kept
     runs = sweep.runs()
     (parent,) = [r for r in runs if r.data.tags.get("sweep") == "true"]
     children = [r for r in runs if r is not parent]

@@ -122,8 +122,11 @@ def test_the_resume_hint_is_a_command_that_gives_back_each_value_with_spaces():
     parsed = OverridesParser.create().parse_overrides(argv[2:])
     assert {o.key_or_group: o.value() for o in parsed} == {
         "model": "cnn", "tracking.experiment": "my runs", "data.root": "/tmp/a b", "resume": True}
-    sweep = shlex.split(policy.resume_command(given, sweep=True))
-    assert sweep[:3] == ["python", "run.py", "-m"] and sweep[3:] == argv[2:]
+    hydra = ["hydra.mode=MULTIRUN", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=7",
+             "hydra.sweep.dir='/tmp/my sweep'"]
+    sweep = shlex.split(policy.resume_command(given, hydra, sweep=True))
+    assert sweep[:3] == ["python", "run.py", "-m"]
+    assert sweep[3:] == [*argv[2:-1], *hydra[1:], "resume=true"]  # as given: Hydra parses it
 
 
 def test_a_sweeps_job_says_where_the_sweep_is():
