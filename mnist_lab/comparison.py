@@ -97,6 +97,11 @@ def compare_stats(client, runs: list, key: str, out: Path | None = None) -> list
     mixed = [k for k in swept_keys(finished_with_test(runs)) if k not in (key, "seed")]
     if mixed and key != "run":
         lines.append(f"  note: the runs also differ in {', '.join(mixed)}; each group mixes them")
+    labelled = [r for members in records.values() for r in members if r.labels is not None]
+    if labelled and not stats.same_images(labelled):
+        sets = {r.labels.tobytes() for r in labelled}
+        lines.append(f"  the runs were tested on {len(sets)} different test sets (another "
+                     "data.root?): no image-level test between runs of different sets")
     without = [r.name for members in records.values() for r in members if r.labels is None]
     if without:
         lines.append(f"  no {stats.PREDICTIONS} on {len(without)} run(s) (logged before runs "

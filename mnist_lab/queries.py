@@ -5,6 +5,8 @@ experiment; each function takes a client its caller opened.
 
 from __future__ import annotations
 
+from mnist_lab.identity import identifies_run
+
 # the tags a sweep's parent and its jobs carry, which resume and compare read back
 KEY_TAG, JOB_TAG, RESUMES_TAG = "sweep.key", "sweep.job", "sweep.resumes"
 RESUMED_AT_TAG = "sweep.resumed_at"  # unix milliseconds of the latest resume
@@ -43,7 +45,9 @@ def swept_keys(runs: list) -> list[str]:
     (`model=cnn`) shows as that group's `name` param."""
     chosen = [dict(o.split("=", 1) for o in r.data.tags.get("hydra.overrides", "").split()
                    if "=" in o) for r in runs]
-    varied = sorted({k for o in chosen for k in o if len({c.get(k) for c in chosen}) > 1})
+    # bookkeeping (a resumed job's `resume=true`, an output folder) is not what a sweep varies
+    varied = sorted({k for o in chosen for k in o if len({c.get(k) for c in chosen}) > 1
+                     and (identifies_run(k.lstrip("+~")) or k.startswith("eval."))})
     # `seed` is a param itself; `model` is a group whose choice is logged as `model.name`
     return [k if "." in k or any(k in r.data.params for r in runs) else f"{k}.name"
             for k in varied]

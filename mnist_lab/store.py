@@ -124,7 +124,8 @@ def open_client(uri: str, create: bool):
 
 def connect(tracking: DictConfig):
     """A client on a checked store and the experiment's id, both created on first use (a run
-    writes: this is its way in); raises TrackingError fast."""
+    writes: this is its way in), the experiment restored if it was deleted; raises TrackingError
+    fast."""
     import mlflow
 
     uri = resolve_uri(tracking)
@@ -140,6 +141,10 @@ def connect(tracking: DictConfig):
         except mlflow.exceptions.MlflowException:  # another job created it a moment ago
             pass
         experiment = client.get_experiment_by_name(tracking.experiment)
+    if experiment.lifecycle_stage == "deleted":  # deleted in the UI: its name is still taken
+        client.restore_experiment(experiment.experiment_id)
+        print(f"MLflow experiment {tracking.experiment!r} was deleted; restored it (with its "
+              "runs) to record this run")
     view = f"mlflow.sharedViewState.{RUNS_VIEW}"
     if view not in experiment.tags:  # a view the user changed in the UI stays as they left it
         client.set_experiment_tag(experiment.experiment_id, view, json.dumps(RUNS_VIEW_STATE))

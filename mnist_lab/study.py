@@ -13,13 +13,20 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict, read_write
 
 from hydra_plugins.mnist_lab_optuna_sweeper import storages
+from hydra_plugins.mnist_lab_optuna_sweeper.api import SweeperConfigError
+from hydra_plugins.mnist_lab_optuna_sweeper.identity import study_for
 from hydra_plugins.mnist_lab_optuna_sweeper.settings import directions
 from hydra_plugins.mnist_lab_optuna_sweeper.sweeper import study_name as sweeper_study_name
 from mnist_lab.errors import ConfigError
+from mnist_lab.identity import NOT_IDENTITY
 from mnist_lab.queries import children
 
 SWEEPER_TARGET = "hydra_plugins.mnist_lab_optuna_sweeper.sweeper.OptunaSweeper"
 METRIC_NAMES = {"val/loss": "best val/loss", "parameters": "parameters"}  # per objective
+# keys that change no trial's result: bookkeeping (identity.NOT_IDENTITY) but `objectives`, which
+# is the study's objective, and where the data is read from, which differs between machines
+STUDY_IGNORES = [*(k for k in NOT_IDENTITY if k != "objectives"), "data.root", "data.download",
+                 "data.verify", "plots", "device"]
 
 
 def is_optuna_sweep(cfg: DictConfig) -> bool:
@@ -52,6 +59,40 @@ def lab_defaults(config: DictConfig) -> None:
         sweeper.storage = storage_url(sweeper, config.tracking)
         if sweeper.metric_names is None:
             sweeper.metric_names = [METRIC_NAMES[name] for name in config.objectives]
+        if not sweeper.identity_ignore:  # what changes no result is no part of a study's identity
+            sweeper.identity_ignore = STUDY_IGNORES
+
+
+def choose_study(config: DictConfig) -> None:
+    """The study this sweep works on, decided before its MLflow parent is made: a study made
+    with other settings is never joined (the plugin's identity.study_for). The terminal says
+    when the sweep gets a study of its own; SweeperConfigError when the command line names a
+    study made with other settings."""
+    sweeper, name = config.hydra.sweeper, study_name(config)
+    try:
+        with storages.exclusive(sweeper.storage, name):  # the first process makes the tables
+            name, note = study_for(config, sweeper.storage, name,
+                                   list(config.hydra.overrides.task))
+    except SweeperConfigError:
+        raise
+    except ValueError as err:  # a value that can't be searched: the sweeper's own words
+        raise SweeperConfigError(f"hydra.sweeper.params: {err}") from None
+    if note:
+        print(note)
+        with read_write(config.hydra), open_dict(config.hydra):
+            sweeper.study_name = name
+
+
+def trials_left(config: DictConfig) -> int | None:
+    """How many trials the study's budget has left; None when there is no such study yet."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name(config),
+                                  storage=storages.open_storage(config.hydra.sweeper.storage))
+    except KeyError:
+        return None
+    return config.hydra.sweeper.n_trials - storages.spent(study)
 
 
 def study_name(config: DictConfig) -> str:

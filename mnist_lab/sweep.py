@@ -23,10 +23,11 @@ from hydra_plugins.mnist_lab_optuna_sweeper.settings import check_settings
 from hydra_plugins.mnist_lab_optuna_sweeper.storages import exclusive, shown
 from mnist_lab import policy, stopping, sweep_resume
 from mnist_lab.context import PARENT_ID_FILE, PROGRESS_FILE
-from mnist_lab.errors import ConfigError
+from mnist_lab.errors import ConfigError, LabError
 from mnist_lab.queries import RESUMED_AT_TAG, RESUMES_TAG
 from mnist_lab.resume import Resume
-from mnist_lab.study import is_optuna_sweep, lab_defaults, settle_study, study_name
+from mnist_lab.study import (choose_study, is_optuna_sweep, lab_defaults, settle_study,
+                             study_name, trials_left)
 
 
 class MlflowSweepCallback(Callback):
@@ -34,13 +35,29 @@ class MlflowSweepCallback(Callback):
         self.parent_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Hydra turns a callback's exception into a warning and runs the jobs anyway,
+        unrecorded: here any failure refuses the sweep in one line, exit 2, before its first
+        job, and a parent made before the failure ends KILLED (atexit), never RUNNING."""
+        try:
+            self.start(config)
+        except (SweeperConfigError, LabError) as err:
+            policy.refuse(err)
+        except Exception as err:  # the store, the study's storage, a folder: no job runs
+            text = str(err).strip()
+            policy.refuse(f"the sweep could not start: {type(err).__name__}"
+                          f"{': ' + text.splitlines()[0][:300] if text else ''}")
+
+    def start(self, config: DictConfig) -> None:
         optuna = is_optuna_sweep(config)
         if optuna:  # a bad hydra.sweeper key stops here, before the store is touched
-            try:
-                check_settings(config.hydra.sweeper)
-                lab_defaults(config)
-            except (SweeperConfigError, ConfigError) as err:
-                policy.refuse(err)
+            check_settings(config.hydra.sweeper)
+            lab_defaults(config)
+            choose_study(config)
+            if not Resume.of(config).wanted and (left := trials_left(config)) is not None \
+                    and left <= 0:
+                policy.nothing_to_do(f"study {study_name(config)!r} has had its "
+                                     f"{config.hydra.sweeper.n_trials} trials "
+                                     "(hydra.sweeper.n_trials): nothing to do")
         overrides = list(config.hydra.overrides.task)
         hydra_overrides = list(config.hydra.overrides.hydra)
         jobs = config.hydra.sweeper.n_trials if optuna else grid_jobs(config)[1]
@@ -53,12 +70,13 @@ class MlflowSweepCallback(Callback):
         from mnist_lab.liveness import reconcile
 
         client, self.parent_id = open_parent(config, optuna)
+        # a stop signal, a crash or a failure from here on skips on_multirun_end; no run may
+        # stay RUNNING then
+        atexit.register(self._close, client, "KILLED")
         reconcile(client)  # runs whose process died end KILLED, not RUNNING forever
         sweep_dir = Path(config.hydra.sweep.dir)  # a resumed sweep's: its own folder
         write_progress(sweep_dir, jobs)
         (sweep_dir / PARENT_ID_FILE).write_text(self.parent_id)
-        # a stop signal or a crash skips on_multirun_end; no run may stay RUNNING then
-        atexit.register(self._close, client, "KILLED")
         print(f"MLflow parent run {self.parent_id} for this sweep")
 
     def _close(self, client, status: str | None) -> None:
@@ -175,19 +193,25 @@ def join_study(config: DictConfig, tags: dict[str, str]):
     tags = {**tags, "optuna.study": name_of_study, "optuna.storage": shown(url)}
     with exclusive(url, name_of_study):
         client, experiment_id = connect(config.tracking)
-        found = client.search_runs(
-            [experiment_id], max_results=1, order_by=["attributes.start_time ASC"],
-            filter_string=f"tags.`optuna.study` = '{name_of_study}' and "
-                          f"tags.`optuna.storage` = '{tags['optuna.storage']}'")
-        if not found:
+        # compared here, not in a filter string, which a quote in the name would break
+        parents = [run for run in client.search_runs(
+            [experiment_id], "tags.sweep = 'true'", order_by=["attributes.start_time ASC"])
+            if run.data.tags.get("optuna.study") == name_of_study
+            and run.data.tags.get("optuna.storage") == tags["optuna.storage"]]
+        open_ones = [run for run in parents if run.info.status != "FINISHED"]
+        if not open_ones:  # a FINISHED parent keeps its record: a continuation gets its own
             label = config.hydra.sweeper.study_name or Path(config.hydra.sweep.dir).name
-            return client, client.create_run(experiment_id, run_name=f"study {label}",
-                                              tags=tags).info.run_id
-        client.update_run(found[0].info.run_id, status="RUNNING")
+            if parents:
+                tags["optuna.continues"] = parents[-1].info.run_id
+            return client, client.create_run(
+                experiment_id, tags=tags,
+                run_name=f"study {label}{' (continued)' if parents else ''}").info.run_id
+        joined = open_ones[0]
+        client.update_run(joined.info.run_id, status="RUNNING")
         for key, value in process_tags().items():  # alive while this process is (liveness.py)
-            client.set_tag(found[0].info.run_id, key, value)
-    print(f"joining study {name_of_study!r}: its MLflow parent run is {found[0].info.run_id}")
-    return client, found[0].info.run_id
+            client.set_tag(joined.info.run_id, key, value)
+    print(f"joining study {name_of_study!r}: its MLflow parent run is {joined.info.run_id}")
+    return client, joined.info.run_id
 
 
 def reopen(client, parent, config: DictConfig) -> None:

@@ -196,8 +196,9 @@ def retry_lost_trials(client, parent_id: str, config: DictConfig) -> None:
         storages.fail_lost_trials(study, sweeper.grace_period)
         trials = study.get_trials(deepcopy=False)
         retried = {t.user_attrs.get("retry_of") for t in trials}
-        lost = [t for t in trials
-                if t.state == optuna.trial.TrialState.FAIL and t.number not in retried]
+        lost = [t for t in trials  # not a repeated proposal, which never ran (sweeper.REPEAT_ATTR)
+                if t.state == optuna.trial.TrialState.FAIL and t.number not in retried
+                and "repeat_of" not in t.user_attrs]
         for trial in lost:
             study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number},
                                 skip_if_exists=False)

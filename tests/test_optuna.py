@@ -84,6 +84,8 @@ def test_two_objectives_give_a_pareto_front_on_the_studys_parent(tiny_data, tmp_
     front = OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml").solutions
     assert sorted(s.trial for s in front) == sorted(t.number for t in study.best_trials)
     for trial in study.trials:
+        if "repeat_of" in trial.user_attrs:  # a small space: a repeated proposal never ran
+            trial = study.trials[trial.user_attrs["repeat_of"]]
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         assert trial.values == [pytest.approx(run.data.metrics["best/val_loss"]),
                                 float(run.data.params["model.parameters"])]
@@ -270,6 +272,8 @@ def test_a_killed_worker_is_continued_by_the_same_command(tiny_data, tmp_path):
     # a third start finds the budget spent and leaves at once
     third = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0 and "Launching" not in third.stdout
+    after = client.get_run(parent.info.run_id)  # the FINISHED parent is left as it was
+    assert (after.info.status, after.info.end_time) == ("FINISHED", parent.info.end_time)
     assert len(optuna.load_study(study_name="optuna_cnn", storage=storage).trials) == 3
 
 
@@ -330,3 +334,91 @@ def test_optuna_cnn_takes_every_pruner(pruner):
     assert (bad is None) == (pruner == "none"), bad
     if pruner == "successive_halving":  # the experiment's default, as measured in the README
         assert bad == 1
+
+
+@pytest.mark.slow
+def test_a_study_with_other_settings_is_never_joined_and_the_old_one_is_untouched(tiny_data,
+                                                                                  tmp_path):
+    """experiment=optuna_cnn with smaller settings used to join the real study: its trials
+    counted against the budget and guided the sampler."""
+    first = subprocess.run(optuna_sweep(tiny_data, tmp_path, "hydra.sweeper.n_trials=2",
+                                        "train.epochs=2"), capture_output=True, text=True,
+                           timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    study, client, (parent,), _ = load(tmp_path)
+    before = [(t.number, t.state, t.params) for t in study.trials]
+    smaller = optuna_sweep(tiny_data, tmp_path, "hydra.sweeper.n_trials=2", "train.epochs=1")
+    smaller[smaller.index(f"hydra.sweep.dir={tmp_path}/sweep")] = f"hydra.sweep.dir={tmp_path}/s2"
+    other = subprocess.run(smaller, capture_output=True, text=True, timeout=600)
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert ("study 'optuna_cnn' was made with other settings (train.epochs: 1 here, 2 in the "
+            "study): this sweep works on study 'optuna_cnn-") in other.stdout
+    refused = subprocess.run([*smaller, "hydra.sweeper.study_name=optuna_cnn"],
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"error: hydra.sweeper.study_name=optuna_cnn is not allowed: study 'optuna_cnn' in "
+        f"sqlite:///{tmp_path}/store/optuna.db was made with other settings (train.epochs: 1 "
+        "here, 2 in the study); give the same settings to continue it, or another study_name"]
+    study = optuna.load_study(study_name="optuna_cnn",
+                              storage=f"sqlite:///{tmp_path}/store/optuna.db")
+    assert [(t.number, t.state, t.params) for t in study.trials] == before
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    parents = client.search_runs(["1"], "tags.sweep = 'true'")
+    assert sorted(p.data.tags["optuna.study"] for p in parents) == [
+        "optuna_cnn", next(n for n in (s.study_name for s in optuna.get_all_study_summaries(
+            f"sqlite:///{tmp_path}/store/optuna.db")) if n != "optuna_cnn")]
+
+
+@pytest.mark.slow
+def test_a_finished_studys_parent_keeps_its_record_and_any_name_works(tiny_data, tmp_path):
+    """A name with a quote, a slash and non-ASCII letters; a start with the budget spent
+    changes nothing; a continuation with a larger budget gets a parent of its own."""
+    name = "hydra.sweeper.study_name=\"lab's ünï/study\""
+    first = subprocess.run(optuna_sweep(tiny_data, tmp_path, name, "hydra.sweeper.n_trials=2"),
+                           capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/store/mlflow.db")
+
+    def parents():
+        return client.search_runs(["1"], "tags.sweep = 'true'",
+                                  order_by=["attributes.start_time ASC"])
+
+    (finished,) = parents()
+    assert finished.info.status == "FINISHED" and finished.info.run_name == "study lab's ünï/study"
+    spent = subprocess.run(optuna_sweep(tiny_data, tmp_path, name, "hydra.sweeper.n_trials=2"),
+                           capture_output=True, text=True, timeout=600)
+    assert spent.returncode == 0 and "has had its 2 trials" in spent.stdout, spent.stderr[-2000:]
+    more = subprocess.run(optuna_sweep(tiny_data, tmp_path, name, "hydra.sweeper.n_trials=3"),
+                          capture_output=True, text=True, timeout=600)
+    assert more.returncode == 0, more.stderr[-3000:]
+    old, new = parents()
+    assert (old.info.status, old.info.end_time) == ("FINISHED", finished.info.end_time)
+    assert new.info.run_name == "study lab's ünï/study (continued)"
+    assert new.data.tags["optuna.continues"] == old.info.run_id
+    assert new.info.status == "FINISHED" and new.data.tags["sweep.runs"] == "1"
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_parent_cannot_be_made_runs_no_job(tiny_data, tmp_path):
+    """Hydra turns a callback's exception into a warning: the jobs used to run unrecorded and
+    the command exited 0."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import mlflow.tracking\n"
+        "def refuse(*args, **kwargs):\n"
+        "    raise RuntimeError('the store said no')\n"
+        "mlflow.tracking.MlflowClient.create_run = refuse\n")
+    study = optuna_sweep(tiny_data, tmp_path, "hydra.sweeper.n_trials=2")
+    grid = [sys.executable, str(ROOT / "run.py"), "-m", *tiny_overrides(tiny_data), "tracking=local",
+            "plots=false",
+            f"tracking.uri=sqlite:///{tmp_path}/store/mlflow.db", "optim.lr=1e-3,1e-4",
+            f"hydra.sweep.dir={tmp_path}/sweep"]
+    for command in (study, grid):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                                env={**os.environ, "PYTHONPATH": str(hook)})
+        assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+        assert result.stderr.strip().splitlines()[-1] == (
+            "error: the sweep could not start: RuntimeError: the store said no")
+        assert "Launching" not in result.stdout and not list(tmp_path.glob("sweep/*/report.txt"))

@@ -226,3 +226,85 @@ def test_a_study_in_a_journal_file_continues_toward_its_budget(tmp_path):
     trials = optuna.load_study(study_name="sphere",
                                storage=open_storage(f"journal:///{tmp_path}/sphere.log")).trials
     assert len(trials) == 5 and all(t.state.name == "COMPLETE" for t in trials)
+
+
+def ran(trials) -> list[tuple]:
+    """The parameters of the trials that were evaluated (not settled as a repeat)."""
+    return [tuple(sorted(t.params.items())) for t in trials if "repeat_of" not in t.user_attrs]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_no_configuration_is_evaluated_twice_by_workers_or_continuations(tmp_path, sampler):
+    """A seeded sampler used to replay its start-up draws in every process: two workers on one
+    study, and each run of the command that continues it, evaluated the same parameters."""
+    space = ["x=interval(-5, 5)", "y=interval(-5, 5)", "~z", f"hydra/sweeper/sampler={sampler}",
+             "hydra.sweeper.sampler.seed=7"]
+    workers = [subprocess.Popen([sys.executable, str(EXAMPLES / "sphere.py"), "-m",
+                                 f"hydra.sweep.dir={tmp_path / 'sweep'}", *space,
+                                 "hydra.sweeper.n_trials=8"], cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    for worker in workers:
+        assert worker.wait(timeout=300) == 0, worker.stderr.read()[-2000:]
+    for budget in (12, 16):  # the same command, continued twice with a larger budget
+        sweep("sphere", tmp_path, *space, f"hydra.sweeper.n_trials={budget}")
+    trials = study(tmp_path, "sphere").trials
+    assert len(trials) == 16 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len(set(ran(trials))) == len(ran(trials)) == 16
+    # one process alone is still repeatable: the same seed, the same draws
+    again = tmp_path / "again"
+    again.mkdir()
+    sweep("sphere", again, *space, "hydra.sweeper.n_trials=4")
+    sweep("sphere", again, *space, "hydra.sweeper.n_trials=8")
+    solo = study(again, "sphere").trials
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    sweep("sphere", fresh, *space, "hydra.sweeper.n_trials=8")
+    assert ran(study(fresh, "sphere").trials) == ran(solo)  # 8 at once = 4, then 4 more
+
+
+@pytest.mark.slow
+def test_a_repeated_proposal_takes_the_earlier_trials_value_without_running(tmp_path):
+    sweep("sphere", tmp_path, "x=choice(0, 1)", "y=choice(0, 2)", "~z",
+          "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=0",
+          "hydra.sweeper.n_trials=12")
+    trials = study(tmp_path, "sphere").trials
+    repeats = [t for t in trials if "repeat_of" in t.user_attrs]
+    assert len(set(ran(trials))) == len(ran(trials)) <= 4 and len(repeats) >= 8
+    for repeat in repeats:
+        earlier = trials[repeat.user_attrs["repeat_of"]]
+        assert earlier.params == repeat.params and earlier.values == repeat.values
+        assert not (tmp_path / "sweep" / str(repeat.number)).exists()  # no job ran for it
+
+
+@pytest.mark.slow
+def test_a_study_is_joined_only_with_its_own_settings(tmp_path):
+    """The sphere's config names its study: a command with another fixed value or another space
+    gets a study of its own and says so; naming the study on the command line is refused in one
+    line, and leaves the study as it was."""
+    storage = f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db"
+    base = [storage, "hydra/sweeper/sampler=random", "hydra.sweeper.n_trials=3"]
+    sweep("sphere", tmp_path, *base)
+    first = optuna.load_study(study_name="sphere", storage=f"sqlite:///{tmp_path}/optuna.db")
+    before = [(t.number, t.state, t.params) for t in first.trials]
+    other = sweep("sphere", tmp_path, *base, "z=2")  # a fixed setting that defines the objective
+    assert "study 'sphere' was made with other settings (z: 2 here, 1 in the study)" in other.stdout
+    names = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(
+        f"sqlite:///{tmp_path}/optuna.db")}
+    own = next(n for n in names if n.startswith("sphere-"))
+    assert names == {"sphere": 3, own: 3}
+    sweep("sphere", tmp_path, *base[:2], "hydra.sweeper.n_trials=5", "z=2")  # continues its own
+    assert optuna.load_study(study_name=own, storage=f"sqlite:///{tmp_path}/optuna.db"
+                             ).trials[-1].number == 4
+    for extra, named in ((["z=2"], "z: 2 here, 1 in the study"),
+                         (["x=interval(0, 1)"], "space.x: FloatDistribution"),
+                         (["hydra/sweeper/sampler=tpe"], "sampler._target_")):
+        refused = sweep("sphere", tmp_path, *base, "hydra.sweeper.study_name=sphere", *extra,
+                        ok=False)
+        assert refused.returncode == 2
+        line = refused.stderr.strip().splitlines()[-1]
+        assert line.startswith("error: hydra.sweeper.study_name=sphere is not allowed: study "
+                               "'sphere' in sqlite:///") and named in line, refused.stderr
+    after = optuna.load_study(study_name="sphere", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [(t.number, t.state, t.params) for t in after.trials] == before

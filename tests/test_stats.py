@@ -189,3 +189,41 @@ def test_a_model_by_seed_sweep_ends_with_the_comparison_and_compare_repeats_it(t
     assert by_seed.returncode == 2
     assert by_seed.stderr.startswith("error: --by nonexistent.key: no finished run has")
     assert len(by_seed.stderr.strip().splitlines()) == 1
+
+
+def fake_finished_run(name: str, overrides: str, **params):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(info=SimpleNamespace(run_name=name, run_id=name, status="FINISHED"),
+                           data=SimpleNamespace(params={"seed": "0", **params},
+                                                metrics={"test/acc": 0.9, "best/val_loss": 0.1},
+                                                tags={"hydra.overrides": overrides}))
+
+
+def test_resume_is_never_taken_for_a_swept_key():
+    """A resumed sweep's jobs carry resume=true, the earlier ones not."""
+    from mnist_lab.comparison import stats_key
+    from mnist_lab.queries import swept_keys
+
+    runs = [fake_finished_run("a", "optim.lr=0.001 resume=true", **{"optim.lr": "0.001"}),
+            fake_finished_run("b", "optim.lr=0.0001", **{"optim.lr": "0.0001"}),
+            fake_finished_run("c", "optim.lr=0.01 resume=true output_dir=x",
+                              **{"optim.lr": "0.01"})]
+    assert swept_keys(runs) == ["optim.lr"]
+    assert stats_key(runs, None, False) == "optim.lr"
+
+
+def test_runs_tested_on_different_test_sets_are_said_to_be(monkeypatch):
+    from mnist_lab import comparison
+
+    def record(client, run, folder):
+        labels = LABELS if run.info.run_name == "a" else np.roll(LABELS, 1)
+        return RunRecord(run.info.run_name, 0, dict(run.data.metrics), labels, labels.copy())
+
+    monkeypatch.setattr(comparison, "run_record", record)
+    runs = [fake_finished_run("a", "model=ffnn", **{"model.name": "ffnn"}),
+            fake_finished_run("b", "model=cnn", **{"model.name": "cnn"})]
+    lines = comparison.compare_stats(None, runs, "model.name")
+    assert "  the runs were tested on 2 different test sets (another data.root?): no image-level " \
+           "test between runs of different sets" in lines
+    assert not any("McNemar" in line for line in lines)

@@ -183,7 +183,7 @@ if job:  # SIGKILL the sweep's process group once that job's step is done
         lab_job.write_outputs = die_after(lab_job.write_outputs, lambda out, *_: out)
     else:  # the record: the run FINISHED, its report.txt not yet on disk
         lab_tracking.MlflowRun.finish = die_after(lab_tracking.MlflowRun.finish,
-                                                  lambda run, model, state, test, out, *_: out)
+                                                  lambda run, state, test, out, *_: out)
 """
 
 

@@ -104,6 +104,23 @@ def test_tracking_off_touches_no_store(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
+def test_an_experiment_deleted_in_the_ui_is_restored_for_the_next_run(tiny_data, tmp_path,
+                                                                       capsys):
+    overrides = [*store_overrides(tiny_data, tmp_path), "plots=false", "tracking.log_model=false"]
+    job.run(compose_config([*overrides, f"output_dir={tmp_path / 'a'}"]))
+    client, (first,) = only_run(f"sqlite:///{tmp_path}/store/mlflow.db")
+    client.delete_experiment(first.info.experiment_id)  # the UI's "Delete"
+    capsys.readouterr()
+    job.run(compose_config([*overrides, "seed=1", f"output_dir={tmp_path / 'b'}"]))
+    assert "MLflow experiment 'mnist-lab' was deleted; restored it (with its runs) to record " \
+           "this run" in capsys.readouterr().out
+    _, runs = only_run(f"sqlite:///{tmp_path}/store/mlflow.db")
+    assert client.get_experiment(first.info.experiment_id).lifecycle_stage == "active"
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+@pytest.mark.slow
 def test_unreachable_server_fails_before_any_work(tiny_data, tmp_path):
     result = run_lab([*tiny_overrides(tiny_data), "tracking=server",
                       f"tracking.uri=http://127.0.0.1:{free_port()}", f"hydra.run.dir={tmp_path}/o"])

@@ -155,6 +155,9 @@ class OptunaSweeperConf:
     metric_names: Optional[List[str]] = None  # the objectives' names, one per direction
     heartbeat_interval: int = 20  # seconds between a running trial's signs of life
     grace_period: int = 120  # seconds without one before a trial counts as lost (FAIL)
+    # config keys (and the keys under them) that change no result, left out of the study's
+    # identity (identity.py): output folders, logging, ...
+    identity_ignore: List[str] = field(default_factory=list)
 
 
 def register() -> None:

@@ -11,7 +11,9 @@ Hydra's plugin. A non-finite value (an app's way to say "failed, go on") is FAIL
 Any number of processes may run the same command on one study: asking is done under a lock
 (storages.exclusive), after counting every trial already asked, so `n_trials` is the study's
 budget, not each process's. While a batch runs, this process beats a heartbeat for its trials; a
-trial whose process died is failed by the next process that asks.
+trial whose process died is failed by the next process that asks. No configuration is evaluated
+twice: a seeded sampler draws each trial from its own seed (`reseed`), and a proposal of
+parameters the study already has ends at once with the earlier trial's outcome (`settle_repeat`).
 """
 
 from __future__ import annotations
@@ -24,18 +26,20 @@ import warnings
 from pathlib import Path
 from typing import Any, List, Optional
 
+import numpy as np
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.mnist_lab_optuna_sweeper import search_space, storages
+from hydra_plugins.mnist_lab_optuna_sweeper import identity, search_space, storages
 from hydra_plugins.mnist_lab_optuna_sweeper.api import STUDY_FILE, SweeperConfigError, TrialPruned
 from hydra_plugins.mnist_lab_optuna_sweeper.settings import (check_settings, configure_function,
                                                               directions)
 
 log = logging.getLogger(__name__)
+REPEAT_ATTR = "repeat_of"  # a trial not run: it proposed this earlier trial's parameters
 
 
 def refuse(err: Exception) -> None:
@@ -91,17 +95,12 @@ class OptunaSweeper(Sweeper):
         """(distributions, fixed overrides, sampler, n_trials) from params, the deprecated
         search_space and the command line; a problem is refused before the study is opened."""
         settings = self.settings
-        params = [f"{k}={v}" for k, v in (settings.params or {}).items()]
         try:
-            space, fixed = search_space.parse(params + list(arguments))
-            if settings.search_space:
-                warnings.warn("hydra.sweeper.search_space is deprecated (as in Hydra's Optuna "
-                              "sweeper): configure the search space with hydra.sweeper.params",
-                              UserWarning, stacklevel=2)
-                space = {**search_space.from_search_space(settings.search_space), **space}
+            space, fixed = identity.space_of(settings, arguments)
             sampler, n_trials = self.sampler, settings.n_trials
+            self.grid = None
             if callable(sampler) and getattr(sampler, "func", None) is not None:  # grid: partial
-                grid = {k: search_space.grid_points(k, d) for k, d in space.items()}
+                self.grid = grid = {k: search_space.grid_points(k, d) for k, d in space.items()}
                 sampler = sampler(grid)
                 n_trials = min(n_trials, math.prod(len(v) for v in grid.values()))
                 log.info(f"Updating num of trials to {n_trials} due to using GridSampler.")
@@ -120,6 +119,13 @@ class OptunaSweeper(Sweeper):
         url, name = storage_url(settings, sweep_dir), study_name(settings, sweep_dir)
         objectives = directions(settings.direction)
         with storages.exclusive(url, name):  # the first process creates the tables, alone
+            try:  # a study made with other settings is never joined
+                name, note = identity.study_for(self.config, url, name, arguments)
+            except SweeperConfigError as err:
+                refuse(err)
+            if note:
+                log.warning(note)
+        with storages.exclusive(url, name):
             storage = storages.open_storage(url, settings.heartbeat_interval,
                                             settings.grace_period)
             study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
@@ -129,6 +135,7 @@ class OptunaSweeper(Sweeper):
                 refuse(f"hydra.sweeper.direction={objectives} is not allowed: study {name!r} in "
                        f"{storages.shown(url)} has {[d.name.lower() for d in study.directions]}; "
                        "use another hydra.sweeper.study_name")
+            identity.record(study, self.config, arguments)
             if settings.metric_names and study.metric_names is None:
                 study.set_metric_names(list(settings.metric_names))
             for params in settings.enqueue or []:  # once per study, however often it runs
@@ -172,14 +179,32 @@ class OptunaSweeper(Sweeper):
             lost = storages.fail_lost_trials(study, self.settings.grace_period)
             if lost:
                 log.warning(f"trials {lost} lost their process (no heartbeat): failed")
-            size = min(self.settings.n_jobs, n_trials - storages.spent(study))
             trials = {}
-            for _ in range(max(size, 0)):
+            while len(trials) < self.settings.n_jobs and storages.spent(study) < n_trials:
+                self.reseed(study)
                 trial = study.ask(space)
+                if settle_repeat(study, trial):
+                    continue
                 trial_id = trial._trial_id
                 storages.beat(study._storage, trial_id)  # alive from the start, never unwatched
                 trials[trial_id] = trial
             return trials
+
+    def reseed(self, study) -> None:
+        """A seeded sampler draws each trial from its own seed, made of the sampler's seed and
+        the trial's number: one process's study is repeatable as before, while workers that
+        share a study, and each continuation of it, draw new values instead of replaying the
+        first process's (asks are taken in turn, under storages.exclusive, so the number is the
+        next trial's). QMC's sequence is its seed's own, by trial number: it is left alone."""
+        from hydra.utils import instantiate
+
+        given = self.settings.sampler
+        if given.get("seed") is None or given._target_.endswith("QMCSampler"):
+            return
+        number = len(study.get_trials(deepcopy=False))
+        seed = int(np.random.SeedSequence([given.seed, number]).generate_state(1)[0])
+        sampler = instantiate(given, seed=seed)
+        study.sampler = sampler(self.grid) if self.grid is not None else sampler
 
     @staticmethod
     def tell(study, number: int, ret, objectives: int) -> bool:
@@ -238,3 +263,28 @@ class OptunaSweeper(Sweeper):
         out = Path(self.config.hydra.sweep.dir)
         out.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(results), out / "optimization_results.yaml")
+
+
+def settle_repeat(study, trial) -> bool:
+    """A proposal of parameters that the study already has is never evaluated again: it ends at
+    once with the earlier trial's outcome (its values, or PRUNED), or FAIL while the earlier one
+    is still running or failed, with the user attribute `repeat_of` naming it. Trials queued on
+    purpose (`enqueue`, a lost trial's retry) run as given. True when `trial` was settled."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)  # by number
+    if "fixed_params" in trials[trial.number].system_attrs:
+        return False
+    for earlier in trials:
+        if earlier.number == trial.number or earlier.params != trial.params:
+            continue
+        trial.set_user_attr(REPEAT_ATTR, earlier.number)
+        if earlier.state == TrialState.COMPLETE:
+            study.tell(trial, earlier.values)
+        else:
+            study.tell(trial, state=TrialState.PRUNED if earlier.state == TrialState.PRUNED
+                       else TrialState.FAIL)
+        log.info(f"trial {trial.number} proposed trial {earlier.number}'s parameters again: "
+                 f"not run, {earlier.state.name.lower()} as that one is")
+        return True
+    return False
