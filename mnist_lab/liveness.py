@@ -101,7 +101,34 @@ def reconcile_command(args: argparse.Namespace) -> int:
     for run_id, name, reason in dead:
         print(f"{verb} {name} ({run_id}) KILLED: {reason}")
     print(f"{len(dead)} dead run{'s' if len(dead) != 1 else ''} {verb} KILLED")
+    for study, number in settle_trials(client, [run_id for run_id, _, _ in dead], args.dry_run):
+        print(f"{'would fail' if args.dry_run else 'failed'} trial {number} of study {study!r}: "
+              "its run's process is gone (a resumed sweep tries it again)")
     return 0
+
+
+def settle_trials(client, run_ids: list[str], dry_run: bool) -> list[tuple[str, int]]:
+    """The Optuna trials of dead runs that their study still has RUNNING, failed: (study, trial
+    number) of each. The study's storage is read from the sweep parent's `optuna.storage` tag."""
+    import optuna
+
+    from hydra_plugins.mnist_lab_optuna_sweeper.storages import open_storage
+
+    settled = []
+    for run in (client.get_run(run_id) for run_id in run_ids):
+        tags = run.data.tags
+        if "optuna.trial" not in tags or "mlflow.parentRunId" not in tags:
+            continue
+        url = client.get_run(tags["mlflow.parentRunId"]).data.tags.get("optuna.storage", "")
+        if not url or "***" in url:  # a password the tag does not keep: the sweeper settles it
+            continue
+        study = optuna.load_study(study_name=tags["optuna.study"], storage=open_storage(url))
+        trial = study.get_trials(deepcopy=False)[int(tags["optuna.trial"])]
+        if trial.state == optuna.trial.TrialState.RUNNING:
+            if not dry_run:
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            settled.append((study.study_name, trial.number))
+    return settled
 
 
 def minutes(text: str) -> float:

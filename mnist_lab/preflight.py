@@ -21,6 +21,7 @@ from mnist_lab.schema import PROJECT_ROOT, job_config
 GRAMMAR = "https://hydra.cc/docs/advanced/override_grammar/basic/"
 MOST_COMMAS = 1000  # Hydra parses a list in quadratic time: 10,000 values take minutes
 MOST_JOBS_CHECKED = 100  # a bigger sweep's later jobs are checked as they start
+MOST_JOBS = 10_000  # a grid sweep's jobs: more is a mistake (range(10**6)), and Hydra lists them
 TYPE_NAMES = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false",
               "String": "a text"}
 
@@ -68,6 +69,8 @@ def problem_in(overrides: list[str], multirun: bool) -> str | None:
         if key.split(".")[0] == "choices":
             return (f"{override.input_line}: choices records the group options chosen; choose "
                     f"one with {key.partition('.')[2] or 'model'}=... instead")
+    if problem := sweep_size_problem(parsed, most=None):  # an empty sweep has no first value
+        return problem
     base = []  # a discrete sweep's first value stands for it (an interval is the sweeper's)
     for override in parsed:
         if not override.is_sweep_override():
@@ -85,12 +88,16 @@ def problem_in(overrides: list[str], multirun: bool) -> str | None:
             validate(job_config(cfg))
             return None
         jobs = [base]
+        params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.get("params") or {}).items()]
         if cfg.hydra.sweeper._target_.endswith(".BasicSweeper"):
             from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
-            params = [f"{k}={v}" for k, v in (cfg.hydra.sweeper.params or {}).items()]
             expanded = OverridesParser.create().parse_overrides([*params, *overrides])
+            if problem := sweep_size_problem(expanded, most=MOST_JOBS):
+                return problem
             jobs = BasicSweeper.split_arguments(expanded, None)[0]
+        elif problem := search_problem([*params, *overrides], base, compose):
+            return problem
         refusals, runnable = [], False
         for job in jobs[:MOST_JOBS_CHECKED]:
             # a job that does not compose would stop the sweep halfway: that error propagates
@@ -105,6 +112,67 @@ def problem_in(overrides: list[str], multirun: bool) -> str | None:
         if len(refusals) > 1:
             return f"{refusals[0]} (and so is every other job of the sweep)"
         return refusals[0]
+
+
+def sweep_size_problem(parsed: list, most: int | None) -> str | None:
+    """An empty sweep, or one of more than `most` jobs (counted, not listed: range(10**7)
+    would take Hydra minutes to expand), in one line naming the key."""
+    import math
+
+    from hydra.core.override_parser.types import RangeSweep
+
+    sizes = []
+    for override in (o for o in parsed if o.is_discrete_sweep()):
+        sweep = override.value()
+        if isinstance(sweep, RangeSweep):
+            size = max(0, math.ceil((sweep.stop - sweep.start) / sweep.step))
+        else:
+            size = len(list(override.sweep_string_iterator()))
+        if size == 0:
+            return f"{override.input_line}: an empty sweep, it gives {override.key_or_group} no " \
+                   "value, so no job would run"
+        sizes.append(size)
+    if most is not None and math.prod(sizes) > most:
+        return (f"a sweep of {math.prod(sizes):,} jobs; at most {most:,} (fewer values, "
+                "or hydra/sweeper=optuna with a budget of n_trials)")
+    return None
+
+
+def search_problem(searched: list[str], base: list[str], compose) -> str | None:
+    """The Optuna sweeper's search space, checked whole before anything starts: each searched
+    key's distribution (a reversed interval, a log interval from 0 or below), and its ends or
+    choices against the lab's own checks, so a space that reaches outside what the key
+    accepts is refused before a trial fails on it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+    from optuna.distributions import CategoricalDistribution
+
+    from hydra_plugins.mnist_lab_optuna_sweeper import search_space
+
+    try:
+        space, _ = search_space.parse(searched)
+    except ValueError as err:
+        return f"hydra.sweeper.params: {err}"
+    parser = OverridesParser.create()
+    neutral = [line for line in base if line.partition("=")[0].lstrip("+~") not in space]
+    job = job_config(compose("config", overrides=neutral, return_hydra_config=True))
+    for key, dist in space.items():
+        values = dist.choices if isinstance(dist, CategoricalDistribution) else (dist.low,
+                                                                                  dist.high)
+        for value in values:
+            if "." in key:  # a value, as Hydra reads it from the override: set on the config
+                trial = job.copy()
+                given = parser.parse_override(search_space.as_override(key, value)).value()
+                OmegaConf.update(trial, key.lstrip("+"), given, force_add=True)
+            else:  # a group's option: composed
+                trial = job_config(compose("config", overrides=[
+                    *neutral, search_space.as_override(key, value)], return_hydra_config=True))
+            try:
+                validate(trial)
+            except ConfigError as err:
+                return (f"{key}: the search reaches {value!r}, which is refused ({err}); "
+                        "search only values the key takes")
+    return None
 
 
 def one_line(err: Exception) -> str:

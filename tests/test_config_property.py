@@ -155,3 +155,43 @@ def test_the_real_command_trains_or_exits_2_in_one_line_creating_no_run(command,
         client = MlflowClient(uri)
         (run,) = client.search_runs([client.get_experiment_by_name("mnist-lab").experiment_id])
         assert run.info.status == ("FINISHED" if result.returncode == 0 else "FAILED")
+
+
+SEARCHED = {"dropout.p": (0.0, 1.0, True), "optim.lr": (0.0, math.inf, True),
+            "train.epochs": (1, math.inf, False)}  # the lab's bounds: low, high, high excluded
+
+
+def search_spaces():
+    bound = st.one_of(st.floats(-2, 3, allow_nan=False), st.sampled_from([0.0, 1.0, 1e-4]))
+    return st.tuples(st.sampled_from(sorted(SEARCHED)), bound, bound, st.booleans())
+
+
+@pytest.mark.slow
+@settings(max_examples=25, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(space=search_spaces())
+@example(space=("dropout.p", 1.0, 2.0, False))  # every trial used to run to FAILED
+@example(space=("optim.lr", 0.0, 0.1, True))  # a log interval from 0
+@example(space=("dropout.p", 0.5, 0.1, False))  # reversed
+def test_any_search_space_is_taken_whole_or_refused_in_one_line(space, tmp_path):
+    """Before Hydra starts: a space reaching outside what its key takes, or one Optuna cannot
+    sample, is refused in one line naming the key; what is accepted lies within the key's
+    bounds. Nothing is written either way (first_problem composes only)."""
+    key, low, high, log = space
+    interval = f"interval({low!r}, {high!r})"
+    if key == "train.epochs":
+        interval = f"int({interval})"
+    searched = f"{key}=tag(log, {interval})" if log else f"{key}={interval}"
+    problem = first_problem(["experiment=optuna_cnn", searched,
+                             f"hydra.sweep.dir={tmp_path}/sweep"])
+    least, most, open_top = SEARCHED[key]
+    if key == "train.epochs":
+        low, high = math.ceil(low), math.floor(high)  # what int(interval) can draw
+    valid = low <= high and (not log or low > 0) and least <= low and (
+        high < most or (high == most and not open_top)) and not (key == "optim.lr" and low <= 0)
+    if valid:
+        assert problem is None, problem
+    else:
+        assert problem and "\n" not in problem and "Traceback" not in problem, problem
+        assert key in problem or "hydra.sweeper.params" in problem, problem
+    assert not (tmp_path / "sweep").exists()

@@ -318,3 +318,14 @@ def test_predict_refuses_huge_images_alone_and_classifies_the_rest(saved_model, 
     assert f"{bomb}: 50000x50000 pixels is more than" in err
     assert f"{big}: 12000x12000 pixels is more than" in err and err.count("\n") == 2
     assert out.startswith(f"{good}: ")
+
+
+def test_a_sweep_too_big_or_empty_is_refused_before_hydra_lists_its_jobs():
+    from mnist_lab.preflight import first_problem
+
+    assert first_problem(["-m", "seed=range(0)"]) == (
+        "seed=range(0): an empty sweep, it gives seed no value, so no job would run")
+    assert first_problem(["-m", "seed=range(1000000)", "optim.lr=1e-3,1e-4"]) == (
+        "a sweep of 2,000,000 jobs; at most 10,000 (fewer values, or hydra/sweeper=optuna with "
+        "a budget of n_trials)")
+    assert first_problem(["-m", "seed=range(0, 20, 2)"]) is None

@@ -235,10 +235,15 @@ def trial_progress(db) -> list[tuple[str, int]]:
 
 
 @pytest.mark.slow
-def test_a_killed_worker_is_continued_by_the_same_command(tiny_data, tmp_path):
+@pytest.mark.parametrize("grace_period, wait", [(3, 4), (120, 0)])
+def test_a_killed_worker_is_continued_by_the_same_command(tiny_data, tmp_path, grace_period,
+                                                          wait):
+    """Past the grace period the lost trial is stale; within it, its process is known to be
+    gone on this machine (it used to stay RUNNING for good, and its parent with it)."""
     # 12 epochs: trial 1 is killed after its first, far from its end however loaded the machine
     command = optuna_sweep(tiny_data, tmp_path, "train.epochs=12", "hydra.sweeper.n_trials=3",
-                           "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3")
+                           "hydra.sweeper.heartbeat_interval=1",
+                           f"hydra.sweeper.grace_period={grace_period}")
     log = tmp_path / "first.log"
     worker = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT,
                               start_new_session=True)
@@ -253,7 +258,7 @@ def test_a_killed_worker_is_continued_by_the_same_command(tiny_data, tmp_path):
         time.sleep(0.2)
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
-    time.sleep(4)  # past grace_period: the killed trial is stale now
+    time.sleep(wait)  # past grace_period, the killed trial is stale; within it, its process gone
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

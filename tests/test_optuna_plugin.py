@@ -185,9 +185,20 @@ def test_enqueued_settings_run_first_and_the_timeout_stops_new_trials(tmp_path):
     ("hydra.sweeper.direction=[minimize,up]", "hydra.sweeper.direction=['minimize', 'up']"),
     ("hydra.sweeper.max_failure_rate=1.5", "a share of a batch, from 0 to 1"),
     ("hydra.sweeper.custom_search_space=nowhere.configure", "custom_search_space='nowhere"),
+    ("hydra/sweeper/pruner=successive_halving hydra.sweeper.pruner.reduction_factor=1",
+     "Optuna refuses it: The value of `reduction_factor` is 1, but must be"),
+    ("hydra/sweeper/pruner=percentile hydra.sweeper.pruner.percentile=150",
+     "Optuna refuses it: Percentile must be between 0 and 100"),
+    ("hydra.sweeper.storage=file:///tmp/study", "file:// is not a storage this sweeper opens"),
+    ("hydra.sweeper.storage=grpc://127.0.0.1:1", "grpc:// is not a storage this sweeper opens"),
+    ("hydra.sweeper.storage=sqlite:////tmp", "/tmp is a folder, not a file"),
+    ("hydra.sweeper.storage=sqlite://", "an in-memory database"),
+    ("hydra.sweeper.storage=postgresql://nobody@127.0.0.1:1/db", "the database does not answer"),
+    ("x=interval(2,1)", "hydra.sweeper.params: `low <= high` must hold"),
+    ("x=tag(log,interval(0,1))", "`low > 0` must hold for `log=True`"),
 ])
 def test_a_setting_that_cant_work_is_refused_in_one_line(tmp_path, override, says):
-    result = sweep("sphere", tmp_path, override, ok=False)
+    result = sweep("sphere", tmp_path, *override.split(), ok=False)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert says in result.stderr
@@ -308,3 +319,27 @@ def test_a_study_is_joined_only_with_its_own_settings(tmp_path):
                                "'sphere' in sqlite:///") and named in line, refused.stderr
     after = optuna.load_study(study_name="sphere", storage=f"sqlite:///{tmp_path}/optuna.db")
     assert [(t.number, t.state, t.params) for t in after.trials] == before
+
+
+def test_a_trial_whose_process_ended_on_this_machine_is_failed_without_waiting(tmp_path):
+    """A worker killed and started again within the grace period used to leave its trial
+    RUNNING for good: its heartbeat was still fresh, and nobody came back to it."""
+    import psutil
+
+    from hydra_plugins.mnist_lab_optuna_sweeper import storages
+
+    study = optuna.create_study(storage=storages.open_storage(f"sqlite:///{tmp_path}/s.db", 20, 120),
+                                study_name="s")
+    dead, alive, elsewhere = study.ask(), study.ask(), study.ask()
+    gone = subprocess.Popen(["sleep", "30"])
+    worker = [storages.this_process()[0], gone.pid, psutil.Process(gone.pid).create_time()]
+    gone.kill()
+    gone.wait()
+    study._storage.set_trial_system_attr(dead._trial_id, storages.WORKER_ATTR, worker)
+    storages.claim(study._storage, alive._trial_id)
+    study._storage.set_trial_system_attr(elsewhere._trial_id, storages.WORKER_ATTR,
+                                         ["another-host", 1, 0.0])
+    for trial in (dead, alive, elsewhere):
+        storages.beat(study._storage, trial._trial_id)  # all fresh
+    assert storages.fail_lost_trials(study, grace_period=120) == [dead.number]
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "RUNNING", "RUNNING"]

@@ -135,6 +135,9 @@ class HyperbandPrunerConf:
 @dataclass
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.mnist_lab_optuna_sweeper.sweeper.OptunaSweeper"
+    # the sampler and pruner reach the sweeper as configs, built once they are checked, so that
+    # Optuna's refusal of an argument is one line, not an error from inside Hydra
+    _recursive_: bool = False
     defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
     sampler: Any = MISSING
     # minimize | maximize, or a list of them: the task function returns that many values

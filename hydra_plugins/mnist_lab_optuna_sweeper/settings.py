@@ -3,11 +3,13 @@ that can't work (`SweeperConfigError`). An app may call `check_settings` before 
 own records; the sweeper calls it again when Hydra sets it up.
 """
 
+import warnings
 from dataclasses import fields
 from typing import Any, List
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from hydra_plugins.mnist_lab_optuna_sweeper import storages
 from hydra_plugins.mnist_lab_optuna_sweeper.api import SweeperConfigError
 from hydra_plugins.mnist_lab_optuna_sweeper.config import OptunaSweeperConf
 
@@ -42,6 +44,25 @@ def configure_function(path: str, app_module: str = "__main__"):
     return get_method(path)
 
 
+def check_built(part: str, given: Any) -> None:
+    """Build the sampler or pruner as Hydra will, so that Optuna's own refusal of an argument
+    (`reduction_factor=1`) is one line here, not a traceback from inside Hydra."""
+    if not given or not given.get("_target_"):
+        return
+    from hydra.utils import instantiate
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecations: Optuna tells them when it runs
+            instantiate(given)
+    except Exception as err:
+        cause = err.__cause__ or err
+        text = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        arguments = ", ".join(f"{k}={v}" for k, v in given.items() if not k.startswith("_"))
+        fail(part, f"{given._target_.rpartition('.')[2]}({arguments})",
+             f"Optuna refuses it: {text}")
+
+
 def check_settings(sweeper: DictConfig, app_module: str = "__main__") -> None:
     """Raise SweeperConfigError for the first setting of `hydra.sweeper` that can't work.
     `app_module`: the task function's module, which a relative custom_search_space is beside."""
@@ -59,9 +80,12 @@ def check_settings(sweeper: DictConfig, app_module: str = "__main__") -> None:
     if not 0.0 <= sweeper.max_failure_rate <= 1.0:
         fail("max_failure_rate", sweeper.max_failure_rate, "a share of a batch, from 0 to 1")
     storage = sweeper.storage
-    if storage is not None and not (isinstance(storage, str) and "://" in storage):
-        fail("storage", storage, "null (optuna.db in the sweep folder), a database URL "
-             "(sqlite:///path.db, postgresql://user@host/db) or journal:///path/file.log")
+    if storage is not None:
+        problem = storages.problem_with(storage) if isinstance(storage, str) else "not a URL"
+        if problem:
+            fail("storage", storage, f"{problem}; give null (optuna.db in the sweep folder), a "
+                 "database URL (sqlite:///path.db, postgresql://user@host/db) or "
+                 "journal:///path/file.log")
     if sweeper.timeout is not None and not sweeper.timeout > 0:
         fail("timeout", sweeper.timeout, "null (none) or seconds, more than 0")
     if sweeper.metric_names is not None and len(sweeper.metric_names) != len(objectives):
@@ -71,6 +95,8 @@ def check_settings(sweeper: DictConfig, app_module: str = "__main__") -> None:
     if len(objectives) > 1 and pruner and pruner.get("_target_") != NOP_PRUNER:
         fail("pruner", pruner.get("_target_"), "none with several directions: Optuna cannot "
              "prune a multi-objective study (hydra/sweeper/pruner=none)")
+    for part in ("sampler", "pruner"):
+        check_built(part, sweeper.get(part))
     if sweeper.custom_search_space:
         try:
             configure_function(sweeper.custom_search_space, app_module)

@@ -22,6 +22,7 @@ import time
 
 JOURNAL = "journal:///"
 BEAT_ATTR = "sweeper:heartbeat"  # unix seconds, on a Journal file's running trials
+WORKER_ATTR = "sweeper:worker"  # [host, pid, process start time] of the process running a trial
 # a trial counts against n_trials once asked, whatever became of it (WAITING ones are not asked)
 SPENT = ("RUNNING", "COMPLETE", "PRUNED", "FAIL")
 
@@ -33,6 +34,52 @@ def shown(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+DATABASES = ("sqlite", "postgresql", "mysql")  # SQLAlchemy's names, with or without +driver
+
+
+def problem_with(url: str) -> str | None:
+    """What keeps `url` from holding a study, in a few words, or None: a scheme this sweeper
+    does not open, a file that is a folder, not writable or not SQLite, a folder that does not
+    exist, a database server that does not answer (5 s). Checked before anything is written."""
+    import os
+    from pathlib import Path
+
+    scheme = url.partition("://")[0].partition("+")[0]
+    if url.startswith(JOURNAL) or scheme == "sqlite":
+        path = url[len(JOURNAL):] if url.startswith(JOURNAL) else url[len("sqlite:///"):]
+        if scheme == "sqlite" and (not url.startswith("sqlite:///") or path in ("", ":memory:")):
+            return "an in-memory database, which other processes and a resumed sweep can't reach"
+        file = Path(path)
+        if file.is_dir():
+            return f"{file} is a folder, not a file"
+        folder = file.parent
+        while not folder.exists():  # the sweeper makes missing folders; the first one counts
+            folder = folder.parent
+        if not os.access(folder, os.W_OK) or (file.exists() and not os.access(file, os.W_OK)):
+            return f"{file if file.exists() else folder} is not writable"
+        if scheme == "sqlite" and file.is_file() and file.stat().st_size:
+            with file.open("rb") as handle:
+                if handle.read(16) != b"SQLite format 3\x00":
+                    return f"{file} is not an SQLite database"
+        return None
+    if scheme not in DATABASES:
+        return f"{scheme}:// is not a storage this sweeper opens"
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(
+            url, connect_args={"connect_timeout": 5} if scheme != "sqlite" else {})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except ModuleNotFoundError as err:
+        return f"its driver is not installed ({err.name}: pip install it)"
+    except Exception as err:
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()
+        return f"the database does not answer ({reason[0][:200] if reason else type(err).__name__})"
+    return None
 
 
 def lock_file(url: str) -> str | None:
@@ -110,24 +157,54 @@ def beat(storage, trial_id: int) -> None:
         storage.set_trial_system_attr(trial_id, BEAT_ATTR, time.time())
 
 
+def this_process() -> list:
+    """[host, pid, start time]: which process runs a trial, recorded when it is asked."""
+    import os
+    import socket
+
+    import psutil
+
+    return [socket.gethostname(), os.getpid(), psutil.Process().create_time()]
+
+
+def claim(storage, trial_id: int) -> None:
+    storage.set_trial_system_attr(trial_id, WORKER_ATTR, this_process())
+
+
+def dead_here(worker) -> bool:
+    """True when `worker` (WORKER_ATTR) was a process on this machine that has ended: its trial
+    is lost now, without waiting for the grace period (a worker killed and started again)."""
+    import psutil
+
+    if not worker or worker[0] != this_process()[0]:
+        return False  # another machine's: only its heartbeat can tell
+    try:
+        return psutil.Process(worker[1]).create_time() != worker[2]  # the pid, reused
+    except psutil.NoSuchProcess:
+        return True
+
+
 def fail_lost_trials(study, grace_period: float) -> list[int]:
-    """FAIL the study's running trials whose process stopped beating; their numbers."""
+    """FAIL the study's running trials whose process stopped beating, or ended on this
+    machine; their numbers."""
     import optuna
     from optuna.trial import TrialState
 
     storage = study._storage
+    lost = []
+    for trial in study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
+        last = trial.system_attrs.get(BEAT_ATTR)
+        stale = not hasattr(storage, "record_heartbeat") and last is not None \
+            and time.time() - last > grace_period
+        if stale or dead_here(trial.system_attrs.get(WORKER_ATTR)):
+            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            lost.append(trial.number)
     if hasattr(storage, "record_heartbeat"):
         before = {t.number for t in study.get_trials(deepcopy=False, states=[TrialState.RUNNING])}
         optuna.storages.fail_stale_trials(study)
         after = {t.number for t in study.get_trials(deepcopy=False, states=[TrialState.RUNNING])}
-        return sorted(before - after)
-    lost = []
-    for trial in study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
-        last = trial.system_attrs.get(BEAT_ATTR)
-        if last is not None and time.time() - last > grace_period:
-            storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            lost.append(trial.number)
-    return lost
+        lost += sorted(before - after)
+    return sorted(lost)
 
 
 class Heartbeat:

@@ -64,9 +64,9 @@ def storage_url(sweeper: DictConfig, sweep_dir: str) -> str:
 
 class OptunaSweeper(Sweeper):
     def __init__(self, sampler: Any, pruner: Any = None, **settings: Any) -> None:
-        # sampler and pruner arrive built by Hydra's instantiate; the other keys are read from
-        # hydra.sweeper in setup, once they are checked
-        self.sampler, self.pruner = sampler, pruner
+        # every key, the sampler and pruner too (_recursive_: false), is read from
+        # hydra.sweeper in setup, and built there once it is checked
+        self.sampler = self.pruner = None
         self.config: Optional[DictConfig] = None
         self.launcher = None
 
@@ -79,6 +79,10 @@ class OptunaSweeper(Sweeper):
             check_settings(self.settings, self.app_module)
         except SweeperConfigError as err:
             refuse(err)
+        from hydra.utils import instantiate
+
+        self.sampler = instantiate(self.settings.sampler)
+        self.pruner = instantiate(self.settings.pruner) if self.settings.get("pruner") else None
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)
 
@@ -186,6 +190,7 @@ class OptunaSweeper(Sweeper):
                 if settle_repeat(study, trial):
                     continue
                 trial_id = trial._trial_id
+                storages.claim(study._storage, trial_id)  # which process runs it
                 storages.beat(study._storage, trial_id)  # alive from the start, never unwatched
                 trials[trial_id] = trial
             return trials
