@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from mnist_lab.errors import LabError
 
@@ -152,8 +153,18 @@ def dashboard(args: argparse.Namespace) -> int:
     from hydra_plugins.mnist_lab_optuna_sweeper.storages import shown
     from mnist_lab.study import storage_url
 
-    url = storage_url(OmegaConf.create({"storage": args.storage}),
-                      OmegaConf.create({"uri": args.uri}))
+    from hydra_plugins.mnist_lab_optuna_sweeper.storages import problem_with
+
+    if args.storage:
+        url, problem = args.storage, problem_with(args.storage)
+    else:  # the default, beside the MLflow store: read, never made here
+        url = storage_url(OmegaConf.create({"storage": None}),
+                          OmegaConf.create({"uri": args.uri}), make=False)
+        path = Path(url[len("sqlite:///"):])
+        problem = None if path.is_file() else f"{path} does not exist: no Optuna sweep ran here"
+    if problem:
+        print(f"error: study storage {shown(url)}: {problem}", file=sys.stderr)
+        return 2
     print(f"studies in {shown(url)}: http://{args.host}:{args.port}/", flush=True)
     run_server(url, host=args.host, port=args.port)
     return 0

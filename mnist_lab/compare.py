@@ -132,6 +132,9 @@ def compare(args: argparse.Namespace) -> int:
     if args.by and not args.stats:
         print(f"error: --by {args.by} groups runs for --stats; add --stats", file=sys.stderr)
         return 2
+    if args.output and (problem := unwritable(Path(args.output))):
+        print(f"error: --output {args.output}: {problem}", file=sys.stderr)
+        return 2
     client = client_for(args.uri)
     try:
         runs, scope = find_runs(client, args.experiment, args.parent, args.last, args.run_ids)
@@ -159,6 +162,21 @@ def compare(args: argparse.Namespace) -> int:
         if out:
             print(f"wrote {out}/comparison.csv, comparison.md, comparison.png")
     return 0
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why files can't be written into `folder` (made if missing), or None; checked before the
+    store is read, so a bad path costs nothing."""
+    import os
+
+    if folder.exists() and not folder.is_dir():
+        return "a file, not a folder"
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not a writable folder"
+    return None
 
 
 def add_parser(commands) -> None:

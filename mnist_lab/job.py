@@ -68,13 +68,17 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, steps_per_epoch: in
 
 
 def output_folder(cfg: DictConfig) -> Path:
-    """`output_dir`, made now: a folder that cannot be made stops the run before training."""
-    out = Path(cfg.output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        fail("output_dir", cfg.output_dir, f"a folder this run can make ({err.strerror or err})")
-    return out
+    """`output_dir` (and `checkpoint.dir`, when checkpoints are on), made now: a folder that
+    cannot be made stops the run before its record or training begins."""
+    folders = {"output_dir": cfg.output_dir}
+    if cfg.checkpoint.enabled:
+        folders["checkpoint.dir"] = cfg.checkpoint.dir
+    for key, folder in folders.items():
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            fail(key, folder, f"a folder this run can make ({err.strerror or err})")
+    return Path(cfg.output_dir)
 
 
 def write_outputs(out: Path, cfg: DictConfig, ctx: JobContext, state: TrainingState, test,

@@ -98,7 +98,13 @@ def evaluate_run(args: argparse.Namespace) -> int:
 def register(args: argparse.Namespace) -> int:
     """Register a sweep's best child (or one run) in the Model Registry under --name."""
     import mlflow
+    from mlflow.utils.validation import _validate_model_name
 
+    try:  # before any export: a name the registry refuses
+        _validate_model_name(args.name)
+    except mlflow.exceptions.MlflowException as err:
+        print(f"error: --name {args.name!r}: {err.message}", file=sys.stderr)
+        return 2
     client = client_for(args.uri)
     run_id = args.run
     if args.parent:
@@ -139,7 +145,26 @@ def serve(args: argparse.Namespace) -> int:
     `uvicorn` from PATH, so the PATH of the server gets this Python's scripts folder first."""
     from mnist_lab.store import resolve_uri
 
+    import socket
+
+    import mlflow
+
     uri = resolve_uri(OmegaConf.create({"uri": args.uri}))
+    client_for(args.uri)  # a store that is there, or one line
+    try:  # a model that is there, before the server starts on it
+        mlflow.models.get_model_info(args.model)
+    except Exception as err:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: --model {args.model}: no such model in {uri} ({text[:300]})",
+              file=sys.stderr)
+        return 2
+    with socket.socket() as probe:
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as err:
+            print(f"error: --port {args.port} on {args.host}: {err.strerror}; pass another "
+                  "--port", file=sys.stderr)
+            return 2
     scripts = sysconfig.get_path("scripts")
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
            "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")])}

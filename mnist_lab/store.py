@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -84,6 +85,65 @@ def store_lock(uri: str):
         yield
 
 
+BUSY_SECONDS = 60  # how long a write waits for a SQLite file another process holds locked
+
+
+def wait_when_busy(dbapi_connection, _record) -> None:
+    """Every SQLite connection of this process (MLflow's, Optuna's) waits up to BUSY_SECONDS for
+    a lock another writer holds (a run, the UI, a backup) instead of SQLite's 5 s."""
+    if type(dbapi_connection).__module__ == "sqlite3":
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {BUSY_SECONDS * 1000}")
+
+
+def busy_timeout() -> None:
+    """Install `wait_when_busy` for every SQLAlchemy engine, once (SQLAlchemy's own events)."""
+    import logging
+
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    # MLflow logs each locked write with its SQL before raising it; Patient says it in one line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    if not event.contains(Engine, "connect", wait_when_busy):
+        event.listen(Engine, "connect", wait_when_busy)
+
+
+class Patient:
+    """An MlflowClient that waits while the store is locked by another writer (a run, the UI, a
+    backup holding a SQLite file): a call the store answers "database is locked" is tried again
+    until BUSY_SECONDS have passed (MLflow waits 20 s itself each time), then fails with one
+    line, without SQL. Any other failure of the store (a full disk) is one line at once."""
+
+    def __init__(self, client, uri: str):
+        self._client, self._uri = client, uri
+
+    def __getattr__(self, name: str):
+        found = getattr(self._client, name)
+        return self._patiently(found) if callable(found) and not name.startswith("_") else found
+
+    def _patiently(self, call):
+        from mlflow.exceptions import MlflowException
+
+        def patiently(*args, **kwargs):
+            deadline = time.monotonic() + BUSY_SECONDS
+            while True:
+                try:
+                    return call(*args, **kwargs)
+                except MlflowException as err:
+                    if err.error_code != "TEMPORARILY_UNAVAILABLE":
+                        raise
+                    reason = str(err).strip().splitlines()[0] if str(err).strip() else "?"
+                    if "locked" not in reason:
+                        raise TrackingError(f"MLflow store {self._uri} failed: {reason}") from None
+                    if time.monotonic() > deadline:
+                        raise TrackingError(
+                            f"MLflow store {self._uri} stayed locked by another process for "
+                            f"over {BUSY_SECONDS} s ({reason}); try again once it is free") from None
+                    time.sleep(1)
+
+        return patiently
+
+
 def open_client(uri: str, create: bool):
     """A client on the checked store `uri`. `create`: a local database is made on first use;
     otherwise it must exist already (a read never creates a store). Raises TrackingError fast.
@@ -92,6 +152,7 @@ def open_client(uri: str, create: bool):
     import mlflow
     from mlflow import MlflowClient
 
+    busy_timeout()
     hint = "set tracking.uri (or MLFLOW_TRACKING_URI) to a reachable store, or use tracking=off"
     if uri.startswith(("http://", "https://")):
         import requests
@@ -114,7 +175,7 @@ def open_client(uri: str, create: bool):
     mlflow.set_tracking_uri(uri)
     try:
         with store_lock(uri):
-            client = MlflowClient(uri)
+            client = Patient(MlflowClient(uri), uri)
             client.search_experiments(max_results=1)  # opens the store: a corrupt file fails here
         return client
     except Exception as err:

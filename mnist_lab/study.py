@@ -33,8 +33,9 @@ def is_optuna_sweep(cfg: DictConfig) -> bool:
     return cfg.hydra.sweeper.get("_target_") == SWEEPER_TARGET
 
 
-def storage_url(sweeper: DictConfig, tracking: DictConfig) -> str:
-    """`hydra.sweeper.storage`, else `optuna.db` in the folder of the local MLflow database."""
+def storage_url(sweeper: DictConfig, tracking: DictConfig, make: bool = True) -> str:
+    """`hydra.sweeper.storage`, else `optuna.db` in the folder of the local MLflow database
+    (made unless `make` is false: a read makes nothing)."""
     if sweeper.storage:
         return sweeper.storage
     from mnist_lab.store import resolve_uri
@@ -42,7 +43,8 @@ def storage_url(sweeper: DictConfig, tracking: DictConfig) -> str:
     uri = resolve_uri(tracking)
     folder = (Path(uri[len("sqlite:///"):]).parent if uri.startswith("sqlite:///")
               else Path(__file__).resolve().parents[1] / "mlruns")
-    folder.mkdir(parents=True, exist_ok=True)
+    if make:
+        folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'optuna.db'}"
 
 

@@ -329,3 +329,19 @@ def test_a_sweep_too_big_or_empty_is_refused_before_hydra_lists_its_jobs():
         "a sweep of 2,000,000 jobs; at most 10,000 (fewer values, or hydra/sweeper=optuna with "
         "a budget of n_trials)")
     assert first_problem(["-m", "seed=range(0, 20, 2)"]) is None
+
+
+@pytest.mark.slow
+def test_a_sweep_or_checkpoint_folder_that_cant_be_made_is_refused_before_any_record(tiny_data,
+                                                                                     tmp_path):
+    (tmp_path / "a-file").write_text("")
+    store_uri = f"tracking.uri=sqlite:///{tmp_path}/store/mlflow.db"
+    sweep = run_lab(["-m", *tiny_overrides(tiny_data), "tracking=local", store_uri,
+                     "optim.lr=1e-3,1e-4", f"hydra.sweep.dir={tmp_path}/a-file/sweep"])
+    single = run_lab([*tiny_overrides(tiny_data), "tracking=local", store_uri,
+                      f"checkpoint.dir={tmp_path}/a-file/ck", f"hydra.run.dir={tmp_path}/out"])
+    for result, key in ((sweep, "hydra.sweep.dir"), (single, "checkpoint.dir")):
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert result.stderr.startswith(f"error: {key}=") and result.stderr.count("\n") == 1
+        assert "a folder this" in result.stderr and "Not a directory" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "tiny"]  # no store, no run

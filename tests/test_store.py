@@ -152,3 +152,60 @@ def test_a_run_killed_with_sigkill_is_marked_killed_by_the_next_run_and_on_deman
     assert status(client, second.info.run_id) == "RUNNING"
     assert main(["reconcile", "--uri", uri]) == 0
     assert status(client, second.info.run_id) == "KILLED"
+
+
+@pytest.mark.slow
+def test_a_run_waits_while_another_process_holds_the_store_locked(tmp_path):
+    """A backup or the UI holding the SQLite file for 30 s used to fail the run ("database is
+    locked" after MLflow's 20 s): the run waits and finishes."""
+    import sqlite3
+
+    data = make_dataset(tmp_path / "data", train=1500, test=200)
+    db = tmp_path / "store" / "mlflow.db"
+    run = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *tiny_overrides(data), "train.epochs=6",
+         "tracking=local", f"tracking.uri=sqlite:///{db}", "plots=false",
+         "tracking.log_model=false", "train.progress=lines", f"hydra.run.dir={tmp_path}/out"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    for line in run.stdout:  # the run is training: hold the store from here
+        lines.append(line)
+        if line.startswith("epoch   1/6"):
+            break
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    time.sleep(30)
+    holder.execute("ROLLBACK")
+    holder.close()
+    lines += run.stdout.readlines()
+    assert run.wait(timeout=300) == 0, "".join(lines)[-3000:]
+    (finished,) = MlflowClient(f"sqlite:///{db}").search_runs(["1"])
+    assert finished.info.status == "FINISHED" and finished.data.metrics["best/epoch"] >= 1
+    assert "locked" not in "".join(lines)
+
+
+@pytest.mark.slow
+def test_a_store_locked_past_the_wait_is_one_line_without_sql(tmp_path, monkeypatch):
+    import sqlite3
+
+    from mnist_lab import store
+    from mnist_lab.errors import TrackingError
+
+    monkeypatch.setattr(store, "BUSY_SECONDS", 0)
+    tracking_cfg = OmegaConf.create({"uri": f"sqlite:///{tmp_path}/mlflow.db",
+                                     "experiment": "mnist-lab"})
+    client, experiment_id = connect(tracking_cfg)
+    run_id = client.create_run(experiment_id).info.run_id
+    holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(TrackingError) as refused:
+            client.set_tag(run_id, "a", "b")
+    finally:
+        holder.execute("ROLLBACK")
+    message = str(refused.value)
+    assert message.startswith(f"MLflow store sqlite:///{tmp_path}/mlflow.db stayed locked by "
+                              "another process for over 0 s ((sqlite3.OperationalError) database "
+                              "is locked)")
+    assert "\n" not in message and "SELECT" not in message

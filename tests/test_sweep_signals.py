@@ -3,6 +3,7 @@ between jobs}. No run stays RUNNING, no worker outlives the launcher, exit 130 o
 line saying how to continue."""
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -29,9 +30,10 @@ class Sweep:
     def __init__(self, tmp_path, args):
         self.uri = f"sqlite:///{tmp_path}/store/mlflow.db"
         data = make_dataset(tmp_path / "data", train=1500, test=200)
-        command = [sys.executable, str(ROOT / "run.py"), "-m", *tiny_overrides(data),
-                   "train.epochs=3", "plots=false", "tracking=local", f"tracking.uri={self.uri}",
-                   "tracking.log_model=false", f"hydra.sweep.dir={tmp_path}/sweep", *args]
+        self.command = command = [
+            sys.executable, str(ROOT / "run.py"), "-m", *tiny_overrides(data), "train.epochs=3",
+            "plots=false", "tracking=local", f"tracking.uri={self.uri}", "tracking.log_model=false",
+            f"hydra.sweep.dir={tmp_path}/sweep", *args]
         # SIGINT at its default, as a terminal's foreground job has it (pytest may ignore it)
         self.process = subprocess.Popen(
             command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -86,7 +88,7 @@ class Sweep:
         return client.search_runs([experiment.experiment_id])
 
 
-def assert_stopped_cleanly(sweep: Sweep, signum: int) -> list:
+def assert_stopped_cleanly(sweep: Sweep, signum: int, parent_status=("KILLED",)) -> list:
     code = sweep.finish()
     err = "".join(sweep.stderr)
     leftovers = sweep.left_behind()
@@ -101,7 +103,7 @@ def assert_stopped_cleanly(sweep: Sweep, signum: int) -> list:
     runs = sweep.runs()
     (parent,) = [r for r in runs if r.data.tags.get("sweep") == "true"]
     children = [r for r in runs if r is not parent]
-    assert parent.info.status == "KILLED"
+    assert parent.info.status in parent_status
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
     assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}, \
         [(c.info.run_name, c.info.status) for c in children]
@@ -131,3 +133,77 @@ def test_ctrl_c_at_a_terminal_stops_a_parallel_sweep_on_record(tmp_path):
     sweep.wait_for(MOMENTS["during a job"])
     os.killpg(sweep.process.pid, signal.SIGINT)
     assert_stopped_cleanly(sweep, signal.SIGINT)
+
+
+# an Optuna study of 3 trials of 3 epochs, no pruning (every trial runs its epochs)
+STUDY = ["experiment=optuna_cnn", "model=ffnn", "data.limit=null", "hydra/sweeper/pruner=none",
+         "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1"]
+STUDY_LAUNCHERS = {"basic": [], "parallel": ["launcher=parallel", "launcher.n_jobs=2",
+                                              "hydra.sweeper.n_jobs=2"]}
+STUDY_CASES = [(launcher, signum, moment) for launcher in STUDY_LAUNCHERS
+               for signum, moment in [(signal.SIGINT, "during a job"),
+                                      (signal.SIGINT, "between jobs"),
+                                      (signal.SIGTERM, "during a job"),
+                                      (signal.SIGTERM, "between jobs"),
+                                      (signal.SIGKILL, "during a job")]]
+
+
+def settled_study(tmp_path, uri: str) -> list:
+    """The study's trials, once nothing is RUNNING in it or in MLflow; every trial that ran
+    (not a repeat, not a retry of a lost one) with parameters of its own."""
+    import optuna
+
+    study = optuna.load_study(study_name="optuna_cnn",
+                              storage=f"sqlite:///{tmp_path}/store/optuna.db")
+    trials = study.get_trials()
+    assert "RUNNING" not in {t.state.name for t in trials}, [t.state.name for t in trials]
+    ran = [tuple(sorted(t.params.items())) for t in trials
+           if not {"repeat_of", "retry_of"} & set(t.user_attrs)]
+    assert len(set(ran)) == len(ran), ran
+    runs = MlflowClient(uri).search_runs(["1"])
+    assert "RUNNING" not in {r.info.status for r in runs}, [(r.info.run_name, r.info.status)
+                                                            for r in runs]
+    return trials
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher, signum, moment", STUDY_CASES,
+                         ids=[f"{l}-{s.name}-{m.split()[0]}" for l, s, m in STUDY_CASES])
+def test_a_stopped_study_leaves_a_true_record_and_its_command_finishes_it(tmp_path, launcher,
+                                                                          signum, moment):
+    """SIGINT and SIGTERM print the command that continues the study; after SIGKILL (a crash)
+    the same command continues it, and the killed trial's process is known to be gone."""
+    sweep = Sweep(tmp_path, [*STUDY, *STUDY_LAUNCHERS[launcher]])
+    sweep.wait_for(MOMENTS[moment])
+    if signum == signal.SIGKILL:
+        os.killpg(sweep.process.pid, signal.SIGKILL)
+        sweep.process.wait()
+        again = sweep.command
+    else:
+        sweep.process.send_signal(signum)
+        assert_stopped_cleanly(sweep, signum, parent_status={"KILLED"})
+        hint = next(line for line in "".join(sweep.stderr).splitlines()
+                    if "continue the sweep with" in line)
+        again = shlex.split(hint.split("continue the sweep with ", 1)[1].split(" (finished")[0])
+        assert again[:3] == ["python", "run.py", "-m"]
+        again = [sys.executable, str(ROOT / "run.py"), *again[2:]]
+    result = subprocess.run(again, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    trials = settled_study(tmp_path, sweep.uri)
+    assert len([t for t in trials if t.state.name == "COMPLETE"]) >= 2
+
+
+@pytest.mark.slow
+def test_a_worker_killed_beside_another_on_one_study_is_settled_and_repeats_nothing(tmp_path):
+    first = Sweep(tmp_path, [*STUDY[:-2], "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=1"])
+    second = subprocess.Popen(first.command, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    first.wait_for(MOMENTS["during a job"])
+    os.killpg(first.process.pid, signal.SIGKILL)
+    first.process.wait()
+    assert second.wait(timeout=600) == 0, second.stderr.read()[-2000:]
+    result = subprocess.run(first.command, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    trials = settled_study(tmp_path, first.uri)
+    assert len(trials) == 4 and "FAIL" in {t.state.name for t in trials}

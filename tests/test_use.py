@@ -357,3 +357,37 @@ def test_the_ui_answers_when_it_says_so_and_runs_link_to_its_port(tiny_data, tmp
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
+
+
+def test_read_only_commands_refuse_bad_input_in_one_line_and_create_nothing(trained_run, tmp_path,
+                                                                            capsys):
+    import socket
+
+    uri, run, _ = trained_run
+    checks = [
+        (["serve", "--model", "models:/nosuch/1", "--uri", uri],
+         "error: --model models:/nosuch/1: no such model in"),
+        (["register", "--run", run.info.run_id, "--name", "a/b", "--uri", uri],
+         "error: --name 'a/b': Invalid model name 'a/b'. Names cannot contain '/' or ':'."),
+        (["compare", "--output", str(tmp_path / "a-file"), "--uri", uri],
+         f"error: --output {tmp_path / 'a-file'}: a file, not a folder"),
+        (["dashboard", "--uri", f"sqlite:///{tmp_path}/none/mlflow.db"],
+         f"error: study storage sqlite:///{tmp_path}/none/optuna.db: {tmp_path}/none/optuna.db "
+         "does not exist: no Optuna sweep ran here"),
+        (["dashboard", "--storage", "postgresql://nobody@127.0.0.1:1/db"],
+         "error: study storage postgresql://nobody@127.0.0.1:1/db: the database does not answer"),
+    ]
+    (tmp_path / "a-file").write_text("")
+    assert main(["register", "--run", run.info.run_id, "--name", "mnist-port", "--uri", uri]) == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        checks.append((["serve", "--model", "models:/mnist-port/1", "--port", str(port), "--uri",
+                        uri], f"error: --port {port} on 127.0.0.1: Address already in use"))
+        capsys.readouterr()
+        for argv, says in checks:
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert err.startswith(says) and err.count("\n") == 1, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no store, no folder
+    assert not mlflow.MlflowClient(uri).search_registered_models(filter_string="name = 'a/b'")
