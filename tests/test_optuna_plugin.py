@@ -343,3 +343,114 @@ def test_a_trial_whose_process_ended_on_this_machine_is_failed_without_waiting(t
         storages.beat(study._storage, trial._trial_id)  # all fresh
     assert storages.fail_lost_trials(study, grace_period=120) == [dead.number]
     assert [t.state.name for t in study.get_trials()] == ["FAIL", "RUNNING", "RUNNING"]
+
+
+SLOW_APP = '''
+import time
+
+import hydra
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="slots")
+def wait(cfg) -> float:
+    time.sleep(cfg.x)
+    return cfg.x
+
+
+if __name__ == "__main__":
+    wait()
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("refill", [True, False])
+def test_a_slot_takes_the_next_trial_as_soon_as_its_trial_ends(tmp_path, refill):
+    """Trial 0 takes 6 s, the rest a moment: with refill, the other slot runs trials 1, 2 and 3
+    meanwhile; with Hydra's batches, trial 2 waits for trial 0."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "slots.yaml").write_text(
+        "defaults:\n  - override hydra/sweeper: optuna\n  - override hydra/launcher: joblib\n"
+        "hydra:\n  launcher:\n    n_jobs: 2\n  sweeper:\n    study_name: slots\n    n_trials: 4\n"
+        "    n_jobs: 2\n    enqueue: [{x: 6.0}, {x: 0.1}, {x: 0.2}, {x: 0.3}]\n"
+        "    params:\n      x: interval(0, 1)\nx: 0\n")
+    (tmp_path / "slots.py").write_text(SLOW_APP)
+    result = subprocess.run([sys.executable, str(tmp_path / "slots.py"), "-m",
+                             f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                             f"hydra.sweeper.refill={str(refill).lower()}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = study(tmp_path, "slots").trials
+    assert [t.params["x"] for t in trials] == [6.0, 0.1, 0.2, 0.3]
+    slow_end = trials[0].datetime_complete
+    if refill:
+        assert all(t.datetime_complete < slow_end for t in trials[1:])
+    else:
+        assert trials[2].datetime_start >= trials[1].datetime_complete
+        assert trials[2].datetime_start >= slow_end
+
+
+def sweeper_settings():
+    from hypothesis import strategies as st
+
+    from hydra_plugins.mnist_lab_optuna_sweeper import config
+
+    number = st.one_of(st.floats(-1e3, 1e3), st.sampled_from([0.0, 1.0, float("inf"),
+                                                             float("nan")]))
+    samplers = {"tpe": config.TPESamplerConf, "random": config.RandomSamplerConf,
+                "qmc": config.QMCSamplerConf, "nsgaii": config.NSGAIISamplerConf}
+    pruners = {"median": (config.MedianPrunerConf, {"n_startup_trials": st.integers(-3, 9),
+                                                    "n_warmup_steps": st.integers(-3, 9)}),
+               "percentile": (config.PercentilePrunerConf, {"percentile": number}),
+               "successive_halving": (config.SuccessiveHalvingPrunerConf,
+                                      {"reduction_factor": st.integers(-2, 6),
+                                       "min_resource": st.integers(-2, 4)}),
+               "hyperband": (config.HyperbandPrunerConf, {"reduction_factor": st.integers(-2, 6)}),
+               "none": (config.NopPrunerConf, {})}
+    return st.fixed_dictionaries({
+        "n_trials": st.integers(-5, 50), "n_jobs": st.integers(-2, 8),
+        "max_failure_rate": number, "timeout": st.one_of(st.none(), number),
+        "heartbeat_interval": st.integers(-5, 60), "grace_period": st.integers(-5, 200),
+        "direction": st.sampled_from(["minimize", "maximize", "up", ["minimize", "maximize"],
+                                      []]),
+        "storage": st.one_of(st.none(), st.sampled_from([
+            "sqlite:///{tmp}/s.db", "sqlite:///{tmp}", "sqlite://", "file:///x", "grpc://h:1",
+            "journal:///{tmp}/j.log", "postgresql://nobody@127.0.0.1:1/db", "no-scheme"])),
+        "sampler": st.sampled_from(sorted(samplers)).flatmap(lambda name: st.fixed_dictionaries(
+            {"conf": st.just(samplers[name]), "seed": st.one_of(st.none(), st.integers(0, 99))})),
+        "pruner": st.sampled_from(sorted(pruners)).flatmap(lambda name: st.fixed_dictionaries(
+            {"conf": st.just(pruners[name][0]), **pruners[name][1]})),
+    })
+
+
+@pytest.mark.slow
+def test_any_sweeper_setting_passes_or_is_refused_in_one_line(tmp_path):
+    """No traceback for any generated setting: check_settings passes it, and then the sampler
+    and pruner build, or it raises SweeperConfigError with one line naming the key. It writes
+    nothing either way."""
+    from hydra.utils import instantiate
+    from hypothesis import given, settings
+
+    from hydra_plugins.mnist_lab_optuna_sweeper.api import SweeperConfigError
+    from hydra_plugins.mnist_lab_optuna_sweeper.config import OptunaSweeperConf
+    from hydra_plugins.mnist_lab_optuna_sweeper.settings import check_settings
+
+    @settings(max_examples=120, deadline=None, database=None)
+    @given(drawn=sweeper_settings())
+    def check(drawn):
+        sampler, pruner = drawn.pop("sampler"), drawn.pop("pruner")
+        if drawn["storage"]:
+            drawn["storage"] = drawn["storage"].format(tmp=tmp_path)
+        sweeper = OmegaConf.merge(OmegaConf.structured(OptunaSweeperConf), {
+            **drawn, "sampler": OmegaConf.merge(OmegaConf.structured(sampler.pop("conf")),
+                                                sampler),
+            "pruner": OmegaConf.merge(OmegaConf.structured(pruner.pop("conf")), pruner)})
+        try:
+            check_settings(sweeper)
+        except SweeperConfigError as err:
+            assert str(err).startswith("hydra.sweeper.") and "\n" not in str(err), str(err)
+        else:
+            instantiate(sweeper.sampler)
+            instantiate(sweeper.pruner)
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+    check()

@@ -190,7 +190,8 @@ def test_a_stopped_study_leaves_a_true_record_and_its_command_finishes_it(tmp_pa
     result = subprocess.run(again, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     trials = settled_study(tmp_path, sweep.uri)
-    assert len([t for t in trials if t.state.name == "COMPLETE"]) >= 2
+    # the budget counts the stopped trials (FAIL): what is left of it completes
+    assert len(trials) >= 3 and "COMPLETE" in {t.state.name for t in trials}
 
 
 @pytest.mark.slow

@@ -147,6 +147,9 @@ class OptunaSweeperConf:
     study_name: Optional[str] = None  # null: a study per sweep folder; a name joins/continues it
     n_trials: int = 20  # the study's budget, across every process that joins it
     n_jobs: int = 2  # trials run at once by the launcher
+    # true: a trial that ends frees its slot for the next at once; false: Hydra's batches of
+    # n_jobs, each waiting for its slowest trial
+    refill: bool = True
     max_failure_rate: float = 0.0  # of a batch; above it the sweep stops with the job's error
     search_space: Optional[Dict[str, Any]] = None  # deprecated by Hydra: use params
     params: Optional[Dict[str, str]] = None  # key: interval(a, b) | tag(log, ...) | choice | range

@@ -2,15 +2,16 @@
 
 Any Hydra app can use it: a task function returns a float (a tuple with several directions), and
 may report intermediate values to its trial and stop when the pruner says (api.py). Trials go to
-the launcher in batches of `n_jobs` (basic, joblib or submitit alike), and a batch's job numbers
-are its trials' numbers, so a job finds its trial from the sweep folder. A job that raises
-`TrialPruned` (or Optuna's) is PRUNED; one that raises otherwise, or returns what is not a
-number, FAIL, and after each batch `max_failure_rate` decides whether the sweep goes on, as in
-Hydra's plugin. A non-finite value (an app's way to say "failed, go on") is FAIL too.
+the launcher one at a time in `n_jobs` lanes (lanes.py: a slot is refilled as soon as its trial
+ends), and a job's number is its trial's number, so a job finds its trial from the sweep
+folder. A job that raises `TrialPruned` (or Optuna's) is PRUNED; one that raises otherwise, or
+returns what is not a number, FAIL, and after each `n_jobs` trials `max_failure_rate` decides
+whether the sweep goes on, as Hydra's plugin decides after each batch. A non-finite value (an
+app's way to say "failed, go on") is FAIL too.
 
 Any number of processes may run the same command on one study: asking is done under a lock
 (storages.exclusive), after counting every trial already asked, so `n_trials` is the study's
-budget, not each process's. While a batch runs, this process beats a heartbeat for its trials; a
+budget, not each process's. While a trial runs, this process beats a heartbeat for it; a
 trial whose process died is failed by the next process that asks. No configuration is evaluated
 twice: a seeded sampler draws each trial from its own seed (`reseed`), and a proposal of
 parameters the study already has ends at once with the earlier trial's outcome (`settle_repeat`).
@@ -34,6 +35,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.mnist_lab_optuna_sweeper import identity, search_space, storages
+from hydra_plugins.mnist_lab_optuna_sweeper.lanes import Lanes
 from hydra_plugins.mnist_lab_optuna_sweeper.api import STUDY_FILE, SweeperConfigError, TrialPruned
 from hydra_plugins.mnist_lab_optuna_sweeper.settings import (check_settings, configure_function,
                                                               directions)
@@ -151,40 +153,19 @@ class OptunaSweeper(Sweeper):
         log.info(f"Optuna study {name!r} in {storages.shown(url)}: {n_trials} trials, "
                  f"{type(study.sampler).__name__}, {type(study.pruner).__name__}")
         deadline = time.monotonic() + settings.timeout if settings.timeout else math.inf
-        while time.monotonic() < deadline and (trials := self.ask(study, url, space, n_trials)):
-            overrides = []
-            for trial in trials.values():
-                if extend is not None:
-                    extend(self.config, trial)
-                overrides.append([*fixed, *(search_space.as_override(k, v)
-                                            for k, v in trial.params.items())])
-            with storages.Heartbeat(storage, list(trials), settings.heartbeat_interval):
-                try:
-                    returns = self.launcher.launch(
-                        overrides, initial_job_idx=min(t.number for t in trials.values()))
-                    failed = [r for t, r in zip(trials.values(), returns)
-                              if not self.tell(study, t.number, r, len(objectives))]
-                except BaseException:  # Ctrl-C, or the launcher failed: its trials end here
-                    for trial_id, trial in trials.items():
-                        if storage.get_trial(trial_id).state == optuna.trial.TrialState.RUNNING:
-                            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-                    raise
-            if len(failed) / len(returns) > settings.max_failure_rate:
-                log.error(f"Failed {len(failed)} times out of {len(returns)} with "
-                          f"max_failure_rate={settings.max_failure_rate}.")
-                for ret in failed:
-                    ret.return_value  # raises the job's own error, with its traceback
+        Lanes(self, study, storage, url, space, n_trials, fixed, extend, deadline,
+              len(objectives)).run()
         self.report(study, len(objectives))
 
-    def ask(self, study, url: str, space: dict, n_trials: int) -> dict:
-        """The next batch of trials, by storage id: up to n_jobs, within the study's budget
-        after every process's trials so far. Empty when the budget is spent."""
+    def ask(self, study, url: str, space: dict, n_trials: int, size: int = 1) -> dict:
+        """The next `size` trials at most, by storage id, within the study's budget after every
+        process's trials so far. Empty when the budget is spent."""
         with storages.exclusive(url, study.study_name):
             lost = storages.fail_lost_trials(study, self.settings.grace_period)
             if lost:
                 log.warning(f"trials {lost} lost their process (no heartbeat): failed")
             trials = {}
-            while len(trials) < self.settings.n_jobs and storages.spent(study) < n_trials:
+            while len(trials) < size and storages.spent(study) < n_trials:
                 self.reseed(study)
                 trial = study.ask(space)
                 if settle_repeat(study, trial):
@@ -293,3 +274,4 @@ def settle_repeat(study, trial) -> bool:
                  f"not run, {earlier.state.name.lower()} as that one is")
         return True
     return False
+
