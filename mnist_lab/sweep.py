@@ -48,11 +48,6 @@ class MlflowSweepCallback(Callback):
                           f"{': ' + text.splitlines()[0][:300] if text else ''}")
 
     def start(self, config: DictConfig) -> None:
-        try:  # where every job writes, made before any record (as Hydra would at its first job)
-            Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(f"hydra.sweep.dir={config.hydra.sweep.dir} is not allowed: a "
-                              f"folder this sweep can make ({err.strerror or err})") from None
         optuna = is_optuna_sweep(config)
         if optuna:  # a bad hydra.sweeper key stops here, before the store is touched
             check_settings(config.hydra.sweeper)
@@ -63,6 +58,11 @@ class MlflowSweepCallback(Callback):
                 policy.nothing_to_do(f"study {study_name(config)!r} has had its "
                                      f"{config.hydra.sweeper.n_trials} trials "
                                      "(hydra.sweeper.n_trials): nothing to do")
+        try:  # where every job writes, made before any record (as Hydra would at its first job)
+            Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"hydra.sweep.dir={config.hydra.sweep.dir} is not allowed: a "
+                              f"folder this sweep can make ({err.strerror or err})") from None
         overrides = list(config.hydra.overrides.task)
         hydra_overrides = list(config.hydra.overrides.hydra)
         jobs = config.hydra.sweeper.n_trials if optuna else grid_jobs(config)[1]

@@ -155,6 +155,8 @@ class OptunaSweeper(Sweeper):
         deadline = time.monotonic() + settings.timeout if settings.timeout else math.inf
         Lanes(self, study, storage, url, space, n_trials, fixed, extend, deadline,
               len(objectives)).run()
+        if storages.spent(study) >= n_trials:
+            self.settle_others(study, url)
         self.report(study, len(objectives))
 
     def ask(self, study, url: str, space: dict, n_trials: int, size: int = 1) -> dict:
@@ -175,6 +177,23 @@ class OptunaSweeper(Sweeper):
                 storages.beat(study._storage, trial_id)  # alive from the start, never unwatched
                 trials[trial_id] = trial
             return trials
+
+    def settle_others(self, study, url: str) -> None:
+        """At the study's end, the trials other processes still run: wait while one may still
+        end (its heartbeat is fresh, up to the grace period), failing each whose process is
+        lost, so that no trial of a spent budget stays RUNNING because nobody came back."""
+        from optuna.trial import TrialState
+
+        settings = self.settings
+        deadline = time.monotonic() + settings.grace_period + settings.heartbeat_interval
+        while time.monotonic() < deadline:
+            with storages.exclusive(url, study.study_name):
+                lost = storages.fail_lost_trials(study, settings.grace_period)
+            if lost:
+                log.warning(f"trials {lost} lost their process (no heartbeat): failed")
+            if not study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
+                return
+            time.sleep(1)
 
     def reseed(self, study) -> None:
         """A seeded sampler draws each trial from its own seed, made of the sampler's seed and
