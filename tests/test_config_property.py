@@ -162,7 +162,8 @@ SEARCHED = {"dropout.p": (0.0, 1.0, True), "optim.lr": (0.0, math.inf, True),
 
 
 def search_spaces():
-    bound = st.one_of(st.floats(-2, 3, allow_nan=False), st.sampled_from([0.0, 1.0, 1e-4]))
+    bound = st.one_of(st.floats(-2, 3, allow_nan=False, allow_subnormal=False),
+                      st.sampled_from([0.0, 1.0, 1e-4]))
     return st.tuples(st.sampled_from(sorted(SEARCHED)), bound, bound, st.booleans())
 
 
