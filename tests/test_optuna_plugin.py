@@ -158,7 +158,7 @@ def test_every_sampler_sweeps(tmp_path, sampler):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local"])
 def test_a_task_function_reports_and_is_pruned_through_the_public_api(tmp_path, launcher):
     sweep("pruned", tmp_path, f"hydra/launcher={launcher}", "hydra.sweeper.n_jobs=2")
     trials = study(tmp_path, "pruned").trials
