@@ -16,9 +16,9 @@
 It works whatever the launcher (tested under basic, joblib and submitit_local): the sweeper
 writes the study's name, storage and pruner into the sweep folder (`optuna_study.yaml`), and
 each job's number is its trial's number, so a job in any process finds its trial. Importing
-this module costs nothing: Optuna is loaded only when a trial is used. (No `from __future__ import annotations`: Hydra's
-plugin scan imports this module without entering it in sys.modules, where dataclasses would
-look the names up.)
+this module costs nothing: Optuna is loaded only when a trial is used. (No `from __future__
+import annotations`: Hydra's plugin scan imports this module without entering it in
+sys.modules, where dataclasses would look the names up.)
 """
 
 from dataclasses import dataclass
