@@ -26,6 +26,10 @@ class CheckpointError(LabError, RuntimeError):
     """A checkpoint or state_dict can't be loaded safely."""
 
 
+class ModelSourceError(RuntimeError):
+    """The requested model can't be found or loaded; the message says which and why."""
+
+
 class DivergedError(RuntimeError):
     """The training loss became non-finite or exploded past `train.divergence_loss`.
 

@@ -16,8 +16,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab.served import ModelSourceError, log_digit_model, model_from_files
+from mnist_lab.errors import ModelSourceError
 from mnist_lab.store import client_for
+
+
+def model_from_files(config_path, state_path):
+    """served.model_from_files, imported when used: it brings torch and MLflow's pyfunc, which
+    every mnist-lab command would otherwise load at start-up (this module adds the parsers)."""
+    from mnist_lab.served import model_from_files as build
+
+    return build(config_path, state_path)
 
 
 def logged_model_id(client, run_id: str, uri: str | None) -> str:
@@ -28,6 +36,8 @@ def logged_model_id(client, run_id: str, uri: str | None) -> str:
     if not run.outputs.model_outputs:
         config, state = run_files(run_id, uri)
         model_from_files(config, state)  # a config and weights that build a model, or one line
+        from mnist_lab.served import log_digit_model
+
         try:
             log_digit_model(run_id, config, state)
         finally:  # a failed export leaves the run as it was, not FAILED by MLflow's start_run

@@ -26,15 +26,12 @@ import pydantic
 import torch
 from omegaconf import DictConfig
 
+from mnist_lab.errors import ModelSourceError
 from mnist_lab.images import ImageError, classify, to_mnist
 from mnist_lab.schema import load_logged_config
 
 
 PACKAGE = Path(__file__).resolve().parent
-
-
-class ModelSourceError(RuntimeError):
-    """The requested model can't be found or loaded; the message says which and why."""
 
 
 def model_from_files(config_path: Path | str, state_path: Path | str
