@@ -89,8 +89,9 @@ BUSY_SECONDS = 60  # how long a write waits for a SQLite file another process ho
 
 
 def wait_when_busy(dbapi_connection, _record) -> None:
-    """Every SQLite connection of this process (MLflow's, Optuna's) waits up to BUSY_SECONDS for
-    a lock another writer holds (a run, the UI, a backup) instead of SQLite's 5 s."""
+    """A SQLite connection of this process (Optuna's storage, or any other engine) waits up to
+    BUSY_SECONDS for a lock another writer holds, instead of SQLite's 5 s. MLflow sets 20 s on
+    each of its own sessions over this; `Patient` retries its calls to make up the minute."""
     if type(dbapi_connection).__module__ == "sqlite3":
         dbapi_connection.execute(f"PRAGMA busy_timeout = {BUSY_SECONDS * 1000}")
 
@@ -148,7 +149,7 @@ def open_client(uri: str, create: bool):
     """A client on the checked store `uri`. `create`: a local database is made on first use;
     otherwise it must exist already (a read never creates a store). Raises TrackingError fast.
     It also sets MLflow's global tracking URI, which the fluent calls read (the model export's
-    `start_run(run_id=...)`, `mlflow.pytorch.load_model` of a `models:/` URI)."""
+    `start_run(run_id=...)`, `mlflow.pyfunc.load_model` of a `models:/` URI)."""
     import mlflow
     from mlflow import MlflowClient
 

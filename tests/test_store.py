@@ -209,3 +209,27 @@ def test_a_store_locked_past_the_wait_is_one_line_without_sql(tmp_path, monkeypa
                               "another process for over 0 s ((sqlite3.OperationalError) database "
                               "is locked)")
     assert "\n" not in message and "SELECT" not in message
+
+
+def test_reconcile_fails_the_trial_of_a_run_it_marks_killed(tmp_path):
+    """`mnist-lab reconcile` settles the study too: a trial whose run's process is gone would
+    otherwise stay RUNNING in Optuna after its run is KILLED in MLflow."""
+    import optuna
+
+    from hydra_plugins.mnist_lab_optuna_sweeper.storages import open_storage
+    from mnist_lab.liveness import settle_trials
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="s", storage=open_storage(url))
+    done, lost = study.ask(), study.ask()
+    study.tell(done, 1.0)
+    client, experiment_id = connect(OmegaConf.create({"uri": f"sqlite:///{tmp_path}/mlflow.db",
+                                                      "experiment": "mnist-lab"}))
+    parent = client.create_run(experiment_id, tags={"optuna.storage": url}).info.run_id
+    runs = [client.create_run(experiment_id, tags={
+        "mlflow.parentRunId": parent, "optuna.study": "s", "optuna.trial": str(t.number)})
+        .info.run_id for t in (done, lost)]
+    assert settle_trials(client, runs, dry_run=True) == [("s", lost.number)]
+    assert study.trials[lost.number].state.name == "RUNNING"  # a dry run changes nothing
+    assert settle_trials(client, runs, dry_run=False) == [("s", lost.number)]
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]
