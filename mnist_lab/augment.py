@@ -41,5 +41,5 @@ TTA_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 
 def tta_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Log of the mean softmax over the image and its four one-pixel shifts."""
-    probs = sum(model(shift(x, dx, dy)).softmax(dim=1) for dx, dy in TTA_SHIFTS)
+    probs = sum(model(shift(x, dx, dy)).softmax(dim=-1) for dx, dy in TTA_SHIFTS)
     return (probs / len(TTA_SHIFTS)).log()

@@ -52,11 +52,17 @@ class JobContext:
     def from_hydra(cls) -> "JobContext":
         """The running Hydra job's context; `JobContext()` when no Hydra job runs."""
         from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
 
         if not HydraConfig.initialized():
             return cls()
-        hydra = HydraConfig.get()
+        return cls.of(HydraConfig.get())
+
+    @classmethod
+    def of(cls, hydra) -> "JobContext":
+        """The context of the job whose `hydra` node this is (a stack's member: its launcher
+        hands each member's config to the stack, none of them is Hydra's current one)."""
+        from hydra.types import RunMode
+
         multirun = hydra.mode == RunMode.MULTIRUN
         sweep_dir = Path(hydra.sweep.dir) if multirun else None
         parent = sweep_dir / PARENT_ID_FILE if sweep_dir else None

@@ -177,17 +177,30 @@ def split_seed(cfg) -> int:
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1], as `ToTensor` gives."""
-    return images.unsqueeze(1).float().div_(255)
+    """uint8 (..., 28, 28) -> float (..., 1, 28, 28) in [0, 1], as `ToTensor` gives."""
+    return images.unsqueeze(-3).float().div_(255)
 
 
 def batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-            generator: torch.Generator | None = None):
-    """Yield (x, y) float batches; shuffled when a generator is given. The last one may be short."""
-    n = len(images)
+            generator: torch.Generator | list[torch.Generator] | None = None):
+    """Yield (x, y) float batches; shuffled when a generator is given. The last one may be short.
+
+    Images may carry a leading member dimension (members, N, 28, 28), labels (members, N), for
+    a stack (stacking.py): a list of generators then gives each member its own order, the one
+    its generator would give it alone.
+    """
+    n = images.shape[-3]
     if generator is None:
         for start in range(0, n, batch_size):
-            yield to_float(images[start:start + batch_size]), labels[start:start + batch_size]
+            length = min(batch_size, n - start)
+            yield to_float(images.narrow(-3, start, length)), labels.narrow(-1, start, length)
+        return
+    if isinstance(generator, list):
+        order = torch.stack([torch.randperm(n, generator=g) for g in generator]).to(images.device)
+        rows = torch.arange(len(generator), device=images.device).unsqueeze(1)
+        for start in range(0, n, batch_size):
+            idx = order[:, start:start + batch_size]
+            yield to_float(images[rows, idx]), labels[rows, idx]
         return
     order = torch.randperm(n, generator=generator).to(images.device)
     for start in range(0, n, batch_size):

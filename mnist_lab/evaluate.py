@@ -36,32 +36,50 @@ class EvalResult:
         return self.class_correct.double() / self.class_total.clamp(min=1)
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
              batch_size: int = EvalConf.batch_size, tta: bool = False) -> EvalResult:
     """One pass in eval mode; `tta` averages the softmax over one-pixel shifts of each image.
     The confusion matrix has a row and a column per output of the model."""
+    return evaluate_members(model, images, labels, batch_size, tta)[0]
+
+
+@torch.inference_mode()
+def evaluate_members(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                     batch_size: int = EvalConf.batch_size,
+                     tta: bool = False) -> list[EvalResult]:
+    """`evaluate` for a model that may be a stack (stacking.StackedModel): one result per
+    member. Images and labels are shared by the members, or have a member dimension."""
     start = time.perf_counter()
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=images.device)
+    loss_sum = None
     preds, confs = [], []
     for x, y in batches(images, labels, batch_size):
         logits = tta_logits(model, x) if tta else model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-        classes = logits.shape[1]
-        conf, pred = logits.softmax(dim=1).max(dim=1)
+        if logits.dim() == 2:  # one model: one member
+            logits = logits.unsqueeze(0)
+        y = y.expand(logits.shape[:2])
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+        batch_loss = losses.view(y.shape).double().sum(dim=1)
+        loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+        conf, pred = logits.softmax(dim=-1).max(dim=-1)
         preds.append(pred)
         confs.append(conf)
     model.train(was_training)
-    predictions = torch.cat(preds).cpu()
-    truth = labels.cpu()
-    confusion = torch.bincount(truth * classes + predictions,
-                               minlength=classes * classes).reshape(classes, classes)
-    return EvalResult(loss=loss_sum.item() / len(labels),
-                      accuracy=(predictions == truth).double().mean().item(),
-                      confusion=confusion, predictions=predictions,
-                      confidence=torch.cat(confs).cpu(), seconds=time.perf_counter() - start)
+    classes = logits.shape[-1]
+    predictions = torch.cat(preds, dim=1).cpu()
+    confidence = torch.cat(confs, dim=1).cpu()
+    truth = labels.cpu().expand(predictions.shape)
+    members = len(predictions)
+    flat = (torch.arange(members).unsqueeze(1) * classes + truth) * classes + predictions
+    confusion = torch.bincount(flat.flatten(), minlength=members * classes * classes)
+    confusion = confusion.reshape(members, classes, classes)
+    losses = (loss_sum / truth.shape[1]).tolist()
+    accuracy = (predictions == truth).double().mean(dim=1).tolist()
+    seconds = time.perf_counter() - start
+    return [EvalResult(loss=losses[i], accuracy=accuracy[i], confusion=confusion[i],
+                       predictions=predictions[i], confidence=confidence[i], seconds=seconds)
+            for i in range(members)]
 
 
 def report(result: EvalResult, title: str) -> str:

@@ -120,63 +120,80 @@ def stop_check(received: list[int]):
     return check
 
 
-def run(cfg: DictConfig, ctx: JobContext = JobContext()) -> float | tuple:
-    """Train and evaluate one configuration in the job `ctx`; return its objective (`objective`:
-    the best validation loss, or the tuple of several `objectives`)."""
-    validate(cfg)  # once per process: at once if the caller checked it already
-    store.check_store(cfg.tracking)  # file checks only: a read-only store answers at once
-    if ctx.parent_id and Resume.of(cfg).wanted:  # resume= named the sweep, not this job's run
-        resume_state = continue_job(cfg, ctx)
-    else:
-        resume_state = find_resume(cfg, ctx)
-    if resume_state and resume_state.get("complete"):  # a finished job: untouched
-        return objective(cfg, resume_state["best_val_loss"], count_parameters(build_model(cfg)))
-    # inputs before the store: opening MLflow takes seconds, a bad data file answers in one
-    if progress := ctx.progress_line(time.time()):
-        print(progress, flush=True)
-    data = load_mnist(cfg.data.root, cfg.data.val_size, split_seed(cfg), cfg.data.limit,
-                      cfg.data.download, cfg.data.verify)
-    out = output_folder(cfg)
-    run_tracker = tracking.open_run(cfg, ctx)
-    with run_tracker, stop_signals() as received:
-        threads = job_threads(cfg, ctx.launcher)
-        if threads:
-            torch.set_num_threads(threads)
-        # Adam's moments for always-zero inputs (MNIST's blank borders) decay into denormal
-        # floats, which the CPU computes ~100x slower: flushing them to zero made the FFNN's
-        # epoch 1.3x faster and stops later epochs slowing down (benchmarks/bench.py).
-        torch.set_flush_denormal(True)
-        device = pick_device(cfg.device)
+class Job:
+    """One run's life around the training loop, in the order `run` calls it: `prepare` (inputs
+    checked and loaded, nothing recorded yet), `build` (model, optimizer, restored state),
+    `start` (its record and its epoch callbacks), then `finish` (test, files, record closed).
+    A stack (stack_job.py) takes its members through the same steps."""
+
+    def __init__(self, cfg: DictConfig, ctx: JobContext):
+        self.cfg, self.ctx = cfg, ctx
+        self.resume_state: dict | None = None
+        self.callbacks: list = []
+        self.stack_tags: dict[str, str] | None = None  # set for a member of a stack
+
+    def prepare(self) -> float | tuple | None:
+        """Check and load the inputs; the objective of a job that is complete already."""
+        cfg, ctx = self.cfg, self.ctx
+        validate(cfg)  # once per process: at once if the caller checked it already
+        store.check_store(cfg.tracking)  # file checks only: a read-only store answers at once
+        if ctx.parent_id and Resume.of(cfg).wanted:  # resume= named the sweep, not this run
+            self.resume_state = continue_job(cfg, ctx)
+        else:
+            self.resume_state = find_resume(cfg, ctx)
+        if self.resume_state and self.resume_state.get("complete"):  # a finished job: untouched
+            return objective(cfg, self.resume_state["best_val_loss"],
+                             count_parameters(build_model(cfg)))
+        # inputs before the store: opening MLflow takes seconds, a bad data file answers in one
+        if progress := ctx.progress_line(time.time()):
+            print(progress, flush=True)
+        self.data = load_mnist(cfg.data.root, cfg.data.val_size, split_seed(cfg), cfg.data.limit,
+                               cfg.data.download, cfg.data.verify)
+        self.out = output_folder(cfg)
+        self.tracker = tracking.open_run(cfg, ctx)
+        return None
+
+    def build(self, device: torch.device) -> TrainingState:
+        """The model as its seed draws it, its optimizer and scheduler, and a saved state."""
+        cfg = self.cfg
         seed_everything(cfg.seed, cfg.deterministic, device)
-        data = data.to(device)
         model = build_model(cfg).to(device)
-        steps_per_epoch = -(-len(data.train_images) // cfg.train.batch_size)
+        steps_per_epoch = -(-len(self.data.train_images) // cfg.train.batch_size)
         state = TrainingState.fresh(model, *build_optimizer(cfg, model, steps_per_epoch), cfg.seed)
-        if resume_state:
-            state.restore(resume_state)
+        if self.resume_state:
+            state.restore(self.resume_state)
+        return state
+
+    def start(self, state: TrainingState, device: torch.device, received: list[int]) -> None:
+        """The run's record, opened or reopened, and its epoch callbacks."""
+        cfg, ctx, data = self.cfg, self.ctx, self.data
         last = checkpoint.folder_for(cfg) / checkpoint.LAST if cfg.checkpoint.enabled else None
         trial = trial_hook(cfg, ctx)  # None unless this job is a trial of the Optuna sweeper
-        run_tracker.start(model=model, data=data, device=device, checkpoint=last,
-                          resume_run_id=state.identity.get("run_id"),
-                          tags=trial.tags if trial else None)
+        tags = {**(trial.tags if trial else {}), **(self.stack_tags or {})}
+        self.tracker.start(model=state.model, data=data, device=device, checkpoint=last,
+                           resume_run_id=state.identity.get("run_id"), tags=tags or None)
         if trial:
-            trial.record_run(run_tracker.run_id)
-        if resume_state:
-            run_tracker.catch_up(state.history)
-        print(f"{cfg.choices.model}: {count_parameters(model):,} parameters, "
+            trial.record_run(self.tracker.run_id)
+        if self.resume_state:
+            self.tracker.catch_up(state.history)
+        print(f"{cfg.choices.model}: {count_parameters(state.model):,} parameters, "
               f"{len(data.train_images):,} train / {len(data.val_images):,} val / "
               f"{len(data.test_images):,} test images, device {device}", flush=True)
-
-        state.identity = {"run_id": run_tracker.run_id, "config_key": config_key(cfg),
+        state.identity = {"run_id": self.tracker.run_id, "config_key": config_key(cfg),
                           "overrides": " ".join(ctx.overrides)}
         # after each epoch, in this order: a kill between two steps loses nothing that resume
         # (which catches the store up from the checkpoint) cannot restore
-        callbacks = [save_every_epoch(last)] if last else []
-        callbacks += [run_tracker.log_epoch, print_epoch(cfg.train.epochs), stop_check(received)]
+        self.callbacks = [save_every_epoch(last)] if last else []
+        label = f"#{ctx.job_num} " if self.stack_tags and ctx.job_num is not None else ""
+        self.callbacks += [self.tracker.log_epoch, print_epoch(cfg.train.epochs, label),
+                           stop_check(received)]
         if trial:  # last: the epoch a pruner stops at is saved, logged and printed first
-            callbacks.append(trial)
-        fit(state, data, Recipe.from_config(cfg), callbacks)
+            self.callbacks.append(trial)
+        self.last = last
 
+    def finish(self, state: TrainingState, model: torch.nn.Module, data) -> float | tuple:
+        """Test the best weights, write the run's files and close its record."""
+        cfg, out = self.cfg, self.out
         model.load_state_dict(state.best_state)
         test = evaluate(model, data.test_images, data.test_labels, cfg.eval.batch_size,
                         tta=cfg.eval.tta)
@@ -184,15 +201,44 @@ def run(cfg: DictConfig, ctx: JobContext = JobContext()) -> float | tuple:
               f"({state.best_val_loss:.4f}; * marks each new lowest); its weights are tested")
         summary = report(test, f"{cfg.choices.model} on the test set")
         print(summary, flush=True)
-        write_outputs(out, cfg, ctx, state, test, data)
-        run_tracker.finish(state, test, out, summary)
+        write_outputs(out, cfg, self.ctx, state, test, data)
+        self.tracker.finish(state, test, out, summary)
         # last, once the run is FINISHED: a report on disk means the job is complete, which is
         # what a resumed sweep takes it to mean; a kill before this redoes the job's last steps
         checkpoint.write_atomic(out / "report.txt", summary + "\n")
-        if last:
-            checkpoint.mark_finished(last.parent, state)
-    print(where_to_look(cfg, out, run_tracker), flush=True)
-    return objective(cfg, state.best_val_loss, count_parameters(model))
+        if self.last:
+            checkpoint.mark_finished(self.last.parent, state)
+        return objective(cfg, state.best_val_loss, count_parameters(model))
+
+
+def torch_settings(cfg: DictConfig, ctx: JobContext) -> torch.device:
+    """Threads, denormals and the device, for this process's training."""
+    threads = job_threads(cfg, ctx.launcher)
+    if threads:
+        torch.set_num_threads(threads)
+    # Adam's moments for always-zero inputs (MNIST's blank borders) decay into denormal
+    # floats, which the CPU computes ~100x slower: flushing them to zero made the FFNN's
+    # epoch 1.3x faster and stops later epochs slowing down (benchmarks/bench.py).
+    torch.set_flush_denormal(True)
+    return pick_device(cfg.device)
+
+
+def run(cfg: DictConfig, ctx: JobContext = JobContext()) -> float | tuple:
+    """Train and evaluate one configuration in the job `ctx`; return its objective (`objective`:
+    the best validation loss, or the tuple of several `objectives`)."""
+    job = Job(cfg, ctx)
+    done = job.prepare()
+    if done is not None:
+        return done
+    with job.tracker, stop_signals() as received:
+        device = torch_settings(cfg, ctx)
+        state = job.build(device)
+        data = job.data = job.data.to(device)
+        job.start(state, device, received)
+        fit(state, data, Recipe.from_config(cfg), job.callbacks)
+        result = job.finish(state, state.model, data)
+    print(where_to_look(cfg, job.out, job.tracker), flush=True)
+    return result
 
 
 def objective(cfg: DictConfig, best_val_loss: float, parameters: int) -> float | tuple:

@@ -43,14 +43,21 @@ def run_job(cfg: DictConfig) -> float | tuple:
 
         with output_in_run_log(ctx):
             return run(cfg, ctx)
-    except TrialPruned:  # the Optuna sweeper reads it from the job's return, and says so
-        raise
     except KeyboardInterrupt:
         if ctx.multirun:
             stop_sweep()  # the launcher says how to continue, once
         print(f"\ninterrupted: {resume_hint(cfg, ctx)}", file=sys.stderr)
         sys.exit(stopping.exit_status())
-    except (LabError, DivergedError) as err:  # a FAILED run keeps the traceback: one line here
+    except Exception as err:
+        return settle(cfg, ctx, err)
+
+
+def settle(cfg: DictConfig, ctx: JobContext, err: Exception) -> float | tuple:
+    """What a job that raised `err` ends with: pruned is passed on, for the sweeper; in a
+    sweep, a failure is reported, recorded and scored; a single run exits."""
+    if isinstance(err, TrialPruned):  # the Optuna sweeper reads it from the job's return
+        raise err
+    if isinstance(err, (LabError, DivergedError)):  # a FAILED run keeps the traceback
         if ctx.multirun:
             return failed_job(cfg, ctx, err, record=isinstance(err, LabError)
                               and not isinstance(err, TrackingError))
@@ -58,10 +65,39 @@ def run_job(cfg: DictConfig) -> float | tuple:
             discard_refused_run_folder(ctx)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2 if isinstance(err, LabError) else 1)
-    except Exception as err:
-        if not ctx.multirun:
-            raise
-        return failed_job(cfg, ctx, err, record=True, named=True)
+    if not ctx.multirun:
+        raise err
+    return failed_job(cfg, ctx, err, record=True, named=True)
+
+
+def run_stack(configs: list[DictConfig]) -> list:
+    """The stacked launcher's stack task: `stack_job.run_stack` over the members' configs,
+    each member's failure settled as `run_job` settles a job's. One result per member: its
+    objective, or (pruned) the exception for the sweeper."""
+    from omegaconf import open_dict
+
+    members = []
+    for config in configs:
+        task = config.copy()
+        with open_dict(task):
+            del task["hydra"]
+        members.append((task, JobContext.of(config.hydra)))
+    stopping.guard_worker(stop_sweep)
+    from mnist_lab.stack_job import run_stack as train
+
+    try:
+        outcomes = train(members)
+    except KeyboardInterrupt:
+        stop_sweep()
+        raise
+    results = []
+    for (cfg, ctx), outcome in zip(members, outcomes):
+        try:
+            results.append(settle(cfg, ctx, outcome) if isinstance(outcome, Exception)
+                           else outcome)
+        except TrialPruned as pruned:
+            results.append(pruned)
+    return results
 
 
 def failed_job(cfg: DictConfig, ctx: JobContext, err: Exception, record: bool,

@@ -150,6 +150,7 @@ class LauncherConf:
     cpus_per_task: int = 2
     gpus_per_node: int = 0
     mem_gb: int = 8
+    stack_size: int = 16  # launcher=stacked: most members trained as one model
 
 
 # --- choices: enums, so that composition refuses any other value -------------------------------

@@ -17,7 +17,8 @@ class Lanes:
     """Trials run as `n_jobs` lanes, each asking for one trial, launching it alone and, once
     it ends (or is pruned), asking for the next: a slot is refilled at once instead of waiting
     for the rest of a batch. A launcher that runs jobs in this process (Hydra's basic one) gets
-    one lane; `refill: false` gives Hydra's batches. `max_failure_rate` is applied, as Hydra
+    one lane; `refill: false` gives Hydra's batches, as does a launcher whose `takes_batches` is
+    true (it trains a batch's trials together). `max_failure_rate` is applied, as Hydra
     applies it after each batch, to each `n_jobs` trials in the order they end; the sweep then
     stops with the job's own error."""
 
@@ -27,7 +28,10 @@ class Lanes:
         self.space, self.n_trials, self.fixed, self.extend = space, n_trials, fixed, extend
         self.deadline, self.objectives = deadline, objectives
         in_process = type(sweeper.launcher).__module__.endswith("basic_launcher")
-        self.count = 1 if in_process else sweeper.settings.n_jobs
+        # a launcher that trains a batch's jobs together (the lab's stacked one) gets batches
+        self.whole_batches = getattr(sweeper.launcher, "takes_batches", False)
+        self.count = sweeper.settings.n_jobs if self.whole_batches else \
+            1 if in_process else sweeper.settings.n_jobs
         self.ended: List[tuple] = []  # (told as valued, JobReturn), in the order trials end
         self.judged = 0  # trials of `ended` whose failure rate was applied
         self.running: dict = {}  # trial id -> trial number, of this process
@@ -36,7 +40,7 @@ class Lanes:
         self.guard = threading.Lock()
 
     def run(self) -> None:
-        if not self.sweeper.settings.refill and self.count > 1:
+        if (self.whole_batches or not self.sweeper.settings.refill) and self.count > 1:
             self.batches()
         elif self.count == 1:
             self.lane()

@@ -1,0 +1,121 @@
+"""A stack of jobs trained as one model (`launcher=stacked`): each member a whole run.
+
+Each member goes through the steps of a solo run (job.Job): its inputs are checked and loaded,
+its model drawn from its own seed, its state restored from its own checkpoint, its record
+opened with its own callbacks; then `loop.fit` trains the members together (stacking.Stack), and
+each is tested, written and recorded as it would be alone. A member that fails (bad input, a
+diverged loss, pruned) leaves; the others go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+from omegaconf import DictConfig
+
+from mnist_lab.context import JobContext
+from mnist_lab.job import Job, torch_settings, where_to_look
+from mnist_lab.loop import Recipe, fit
+from mnist_lab.stacking import Member, Stack, member_bytes, member_data, most_members
+from mnist_lab.stopping import stop_signals
+
+STACK_TAG = "stack"  # each member's run: which stack it trained in, and its place there
+
+
+def stack_seed(cfgs: Sequence[DictConfig]) -> int:
+    """The seed of the stack's dropout masks: from its members' seeds and places, so the same
+    stack draws the same masks again."""
+    text = ",".join(f"{cfg.seed}:{cfg.dropout.p}" for cfg in cfgs)
+    return int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
+
+
+def stack_name(ctxs: Sequence[JobContext]) -> str:
+    numbers = [c.job_num for c in ctxs if c.job_num is not None]
+    return "jobs " + ",".join(map(str, numbers)) if numbers else f"{len(ctxs)} runs"
+
+
+def run_stack(members: Sequence[tuple[DictConfig, JobContext]]) -> list:
+    """Train `members` as one stack (as many as the device's memory holds); one result per
+    member: its objective, or the exception it ended with."""
+    results: list = [None] * len(members)
+    jobs: list[tuple[int, Job]] = []
+    for i, (cfg, ctx) in enumerate(members):
+        try:
+            job = Job(cfg, ctx)
+            results[i] = job.prepare()
+            if results[i] is None:
+                jobs.append((i, job))
+        except Exception as err:  # this member only: the others go on
+            results[i] = err
+    if not jobs:
+        return results
+    device = torch_settings(jobs[0][1].cfg, jobs[0][1].ctx)
+    size = stack_size(jobs[0][1], device, len(jobs))
+    for group in stacks(jobs, size):
+        for i, outcome in zip((i for i, _ in group), train_stack([j for _, j in group], device)):
+            results[i] = outcome
+    return results
+
+
+def stacks(jobs: list[tuple[int, Job]], size: int) -> list[list[tuple[int, Job]]]:
+    """Members trained together: those resumed at the same epoch (a stack stopped between two
+    members' checkpoints resumes as two), at most `size` at once."""
+    by_epoch: dict[int, list] = {}
+    for i, job in jobs:
+        by_epoch.setdefault(job.resume_state["epoch"] if job.resume_state else 0, []).append(
+            (i, job))
+    return [same[k:k + size] for same in by_epoch.values() for k in range(0, len(same), size)]
+
+
+def stack_size(job: Job, device: torch.device, cap: int) -> int:
+    """All of them (the launcher caps a stack's size), or on a GPU what 80% of its free
+    memory holds."""
+    if device.type != "cuda":
+        return cap
+    from mnist_lab.models import build_model
+
+    free, _ = torch.cuda.mem_get_info(device)
+    data_bytes = job.data.train_images.numel() + job.data.val_images.numel()
+    return most_members(free, member_bytes(build_model(job.cfg), job.cfg.train.batch_size,
+                                           data_bytes), cap)
+
+
+def train_stack(jobs: Sequence[Job], device: torch.device) -> list:
+    """One stack, trained; each member's objective or error."""
+    outcomes: list = [None] * len(jobs)
+    entered: list[Job] = []
+    with stop_signals() as received:
+        try:
+            states, tag = [], f"{stack_name([j.ctx for j in jobs])} ({len(jobs)} members)"
+            for job in jobs:
+                job.tracker.__enter__()
+                entered.append(job)
+                job.stack_tags = {STACK_TAG: tag}
+                states.append(job.build(device))
+            data = member_data([job.data for job in jobs]).to(device)
+            torch.manual_seed(stack_seed([job.cfg for job in jobs]))
+            if jobs[0].resume_state:  # the masks' generator goes on where the stack stopped
+                torch.set_rng_state(jobs[0].resume_state["rng"]["torch"])
+            for job, state in zip(jobs, states):
+                job.data = job.data.to(device)
+                job.start(state, device, received)
+            stack = Stack([Member(state, job.callbacks) for job, state in zip(jobs, states)])
+            members = list(stack.members)
+            fit(stack, data, Recipe.from_config(jobs[0].cfg))
+        except BaseException as err:  # a stop signal, or a fault of the stack as a whole
+            for job in entered:
+                job.tracker.__exit__(type(err), err, err.__traceback__)
+            raise
+        for k, (job, member) in enumerate(zip(jobs, members)):
+            try:
+                if member.error is not None:
+                    raise member.error
+                outcomes[k] = job.finish(member.state, member.state.model, job.data)
+                job.tracker.__exit__(None, None, None)
+                print(where_to_look(job.cfg, job.out, job.tracker), flush=True)
+            except Exception as err:
+                job.tracker.__exit__(type(err), err, err.__traceback__)
+                outcomes[k] = err
+    return outcomes

@@ -1,0 +1,328 @@
+"""Several runs of one architecture trained as one stacked model (`launcher=stacked`).
+
+Each member is a whole solo run: its own `TrainingState` (model, optimizer, scheduler, batch
+order, history, best weights) that its epoch callbacks see and its checkpoint saves, in the solo
+format. Training runs on the stack: every weight gets a leading member dimension
+(as `torch.func.stack_module_state` does), each layer runs once for all members (`vmap` over
+`functional_call`), each member sees its own batches, dropout rate and dropout masks, and one
+optimizer of the configured kind steps all members' weights with each member's own learning
+rate and weight decay (`StackedOptimizer`). `loop.fit` trains a `Stack` as it trains one state.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from mnist_lab.checkpoint import TrainingState
+
+EpochCallback = Callable[[TrainingState, dict[str, float]], None]
+
+
+@dataclass
+class Member:
+    """One run in a stack (or the one run of a solo fit): its state and its epoch callbacks;
+    `error` is why it left the stack early (pruned, diverged, a callback failed)."""
+
+    state: TrainingState
+    callbacks: Sequence[EpochCallback] = ()
+    error: BaseException | None = None
+
+
+class StackDropout(nn.Module):
+    """Dropout whose rate is a buffer, so that under `vmap` each member drops at its own rate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("p", torch.zeros(()), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        return x * (torch.rand_like(x) >= self.p) / (1 - self.p)
+
+
+def dropout_rate(model: nn.Module) -> float:
+    return next((m.p for m in model.modules() if isinstance(m, nn.Dropout)), 0.0)
+
+
+def template_of(models: Sequence[nn.Module]) -> nn.Module:
+    """The members' architecture, with every dropout a `StackDropout`. A member with dropout
+    0 has no dropout layers (models.classifier_head), so the template is made from one that
+    has them; weights are matched by their order, which dropout layers do not change."""
+    template = copy.deepcopy(max(models, key=lambda m: sum(isinstance(x, nn.Dropout)
+                                                           for x in m.modules())))
+    for name, module in list(template.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Dropout):
+                setattr(module, child_name, StackDropout())
+    if hasattr(template, "channels_last"):
+        template.channels_last = False  # a per-member view under vmap keeps the default layout
+    return template
+
+
+class StackedModel(nn.Module):
+    """The members' weights stacked along dim 0, run as one model. Input: (members, batch,
+    1, 28, 28), each member its own images, or (batch, 1, 28, 28) shared by all members;
+    output: (members, batch, classes)."""
+
+    def __init__(self, models: Sequence[nn.Module]):
+        super().__init__()
+        self.__dict__["template"] = template_of(models)  # not a submodule: its weights are unused
+        names = [n for n, _ in self.template.named_parameters()]
+        buffer_names = [n for n, b in self.template.named_buffers() if not n.endswith(".p")]
+        self.names, self.buffer_names = names, buffer_names
+        # by order, not by name: a member without dropout layers numbers its layers otherwise
+        params = by_order([list(m.parameters()) for m in models], len(names))
+        buffers = by_order([list(m.buffers()) for m in models], len(buffer_names))
+        self.params = nn.ParameterDict()  # ParameterDict keys may not hold dots
+        for name, stacked in zip(names, params):
+            self.params[name.replace(".", "/")] = nn.Parameter(stacked)
+        rates = torch.tensor([dropout_rate(m) for m in models], device=params[0].device)
+        self.stacked_buffers = dict(zip(buffer_names, buffers))
+        self.stacked_buffers.update({n: rates for n, _ in self.template.named_buffers()
+                                     if n.endswith(".p")})
+
+    @property
+    def members(self) -> int:
+        return next(iter(self.params.values())).shape[0]
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {name: self.params[name.replace(".", "/")] for name in self.names}
+
+    def train(self, mode: bool = True) -> "StackedModel":
+        self.template.train(mode)
+        return super().train(mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def one(weights, buffers, images):
+            return functional_call(self.template, (weights, buffers), (images,))
+
+        per_member = 0 if x.dim() == 5 else None
+        return vmap(one, in_dims=(0, 0, per_member), randomness="different")(
+            self.weights(), self.stacked_buffers, x)
+
+
+def by_order(tensors: Sequence[Sequence[torch.Tensor]], count: int) -> list[torch.Tensor]:
+    """The members' j-th tensors stacked, for each j (`torch.func.stack_module_state` matches
+    them by name instead)."""
+    if any(len(own) != count for own in tensors):
+        raise ValueError("the members of a stack must have the same architecture")
+    return [torch.stack([own[j].detach() for own in tensors]) for j in range(count)]
+
+
+PER_MEMBER = ("lr", "weight_decay")  # what each member of a stack sets for itself
+
+
+def shared_settings(optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's settings other than the per-member ones (betas, momentum, eps, ...), as
+    its group holds them now (a one-cycle scheduler moves the momentum)."""
+    group = optimizer.param_groups[0]
+    return {k: group[k] for k in optimizer.defaults if k not in PER_MEMBER and k in group}
+
+
+class StackedOptimizer:
+    """The members' optimizer class run once over the stacked weights, with each member's own
+    learning rate and weight decay, as its own (solo) optimizer holds them after its scheduler.
+
+    The shared optimizer steps with lr 1 and no weight decay; each member's step is then scaled
+    by its learning rate, which is exact for Adam, AdamW, SGD and RMSprop: their step is the
+    learning rate times an update that does not depend on it. Weight decay is added to the
+    gradient (L2: Adam, SGD, RMSprop) or shrinks the weights (AdamW) per member, as torch does.
+    """
+
+    def __init__(self, weights: Sequence[torch.Tensor], members: Sequence[TrainingState]):
+        own = members[0].optimizer
+        settings = shared_settings(own)
+        self.decoupled = bool(settings.pop("decoupled_weight_decay", False)) or \
+            isinstance(own, torch.optim.AdamW)
+        self.weights, self.members = list(weights), members
+        self.shared = type(own)(self.weights, lr=1.0, weight_decay=0.0, **settings)
+        self._values: tuple = ()
+        self._tensors: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def hyperparameters(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lr, weight decay) per member as (members,) tensors, rebuilt only when a value
+        changed (a copy to the device each step would stall a GPU)."""
+        values = tuple((m.optimizer.param_groups[0]["lr"],
+                        m.optimizer.param_groups[0].get("weight_decay", 0.0))
+                       for m in self.members)
+        if values != self._values:
+            device = self.weights[0].device
+            lr, decay = zip(*values)
+            self._tensors = (torch.tensor(lr, device=device), torch.tensor(decay, device=device))
+            self._values = values
+        return self._tensors
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.shared.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        group = self.shared.param_groups[0]
+        for key, value in shared_settings(self.members[0].optimizer).items():
+            if key in group and key != "decoupled_weight_decay":
+                group[key] = value  # the same for every member (the stack's key says so)
+        lr, decay = self.hyperparameters()
+        per = [(lr.view(-1, *[1] * (w.dim() - 1)), decay.view(-1, *[1] * (w.dim() - 1)))
+               for w in self.weights]
+        if not self.decoupled:
+            for w, (_, d) in zip(self.weights, per):
+                if w.grad is not None:
+                    w.grad.addcmul_(w, d)
+        before = [w.clone() for w in self.weights]
+        self.shared.step()
+        for w, old, (r, d) in zip(self.weights, before, per):
+            start = old * (1 - r * d) if self.decoupled else old
+            w.copy_(start + r * (w - old))  # the member's step, at its learning rate
+
+
+class MemberSchedulers:
+    """Each member's own scheduler, stepped together (`scheduler.step()` in the loop)."""
+
+    def __init__(self, members: Sequence[TrainingState]):
+        self.members = members
+
+    def step(self) -> None:
+        with warnings.catch_warnings():  # a member's own optimizer never steps: its
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")  # weights do
+            for member in self.members:
+                member.scheduler.step()
+
+
+@dataclass
+class Stack:
+    """Members trained as one model; `loop.fit` trains it. `sync` copies the stack's weights
+    and optimizer state into each member's own model and optimizer (for its callbacks and
+    checkpoint); `load` is the reverse, after the members were restored from checkpoints."""
+
+    members: list[Member]
+    model: StackedModel = field(init=False)
+    optimizer: StackedOptimizer = field(init=False)
+    rows: list[int] = field(init=False)  # each member's place in the data given to fit
+
+    def __post_init__(self) -> None:
+        self.rows = list(range(len(self.members)))
+        self.build()
+
+    def build(self) -> None:
+        states = [m.state for m in self.members]
+        self.model = StackedModel([s.model for s in states])
+        self.optimizer = StackedOptimizer(list(self.model.params.values()), states)
+        self.load_optimizer_state()
+
+    @property
+    def states(self) -> list[TrainingState]:
+        return [m.state for m in self.members]
+
+    @property
+    def generator(self) -> list[torch.Generator]:
+        return [s.generator for s in self.states]
+
+    @property
+    def scheduler(self) -> MemberSchedulers | None:
+        states = self.states
+        return MemberSchedulers(states) if states and states[0].scheduler is not None else None
+
+    @property
+    def epoch(self) -> int:
+        return self.states[0].epoch
+
+    def data_for(self, data):
+        """The members' rows of `data`, whose train and val tensors have a member dimension."""
+        if self.rows == list(range(data.train_images.shape[0])):
+            return data
+        rows = torch.tensor(self.rows, device=data.train_images.device)
+        return type(data)(**{k: take_rows(v, rows) if k.startswith(("train", "val")) else v
+                             for k, v in data.__dict__.items()})
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Stack -> members: weights, BN statistics and optimizer state, in the solo format."""
+        for i, state in enumerate(self.states):
+            for p, stacked in zip(state.model.parameters(), self.model.params.values()):
+                p.copy_(stacked[i])
+            buffers = [b for _, b in state.model.named_buffers()]
+            for b, name in zip(buffers, self.model.buffer_names):
+                b.copy_(self.model.stacked_buffers[name][i])
+            own = state.optimizer
+            for p, stacked in zip(own.param_groups[0]["params"], self.model.params.values()):
+                saved = self.optimizer.shared.state.get(stacked)
+                if saved:
+                    own.state[p] = {k: member_slice(v, stacked, i) for k, v in saved.items()}
+
+    def load_optimizer_state(self) -> None:
+        """Members -> stack: each member's optimizer state (after `TrainingState.restore`)."""
+        states = self.states
+        for j, stacked in enumerate(self.model.params.values()):
+            own = [s.optimizer.state.get(s.optimizer.param_groups[0]["params"][j]) for s in states]
+            if not all(own):
+                continue
+            self.optimizer.shared.state[stacked] = {
+                k: (torch.stack([o[k] for o in own]) if torch.is_tensor(v) and v.dim() > 0
+                    else v.clone() if torch.is_tensor(v) else v) for k, v in own[0].items()}
+
+    def drop(self, member: Member, error: BaseException) -> None:
+        """`member` leaves the stack with `error`; the others go on, their state kept."""
+        self.sync()
+        member.error = error
+        place = self.members.index(member)
+        del self.members[place], self.rows[place]
+        if self.members:
+            self.build()
+
+
+def member_slice(value, stacked: torch.Tensor, i: int):
+    if torch.is_tensor(value) and value.dim() > 0 and value.shape == stacked.shape:
+        return value[i].clone()
+    return value.clone() if torch.is_tensor(value) else value
+
+
+def take_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    if tensor.dim() and tensor.stride(0) == 0:  # one tensor shared by all members
+        return tensor[:1].expand(len(rows), *tensor.shape[1:])
+    return tensor[rows]
+
+
+def member_data(datasets: Sequence) -> object:
+    """One dataset for a stack: train and val tensors with a member dimension (shared
+    without a copy when the members' splits are the same), the test set as it is."""
+    first = datasets[0]
+    same = all(d.checksums == first.checksums and torch.equal(d.val_labels, first.val_labels)
+               and torch.equal(d.train_labels, first.train_labels) for d in datasets)
+    fields = {}
+    for key, value in first.__dict__.items():
+        if key.startswith(("train", "val")):
+            fields[key] = (value.expand(len(datasets), *value.shape) if same
+                           else torch.stack([getattr(d, key) for d in datasets]))
+        else:
+            fields[key] = value
+    return type(first)(**fields)
+
+
+def member_bytes(model: nn.Module, batch_size: int, data_bytes: int) -> int:
+    """A rough upper bound of what one more member costs on the device: weights, gradients,
+    two optimizer moments and a copy (5x), its own data split, and the activations of a
+    batch (every layer's output, kept for the backward pass)."""
+    weights = sum(p.numel() for p in model.parameters()) * 4
+    probe = copy.deepcopy(model).cpu().eval()
+    sizes: list[int] = []
+    for layer in probe.modules():
+        if not list(layer.children()):
+            layer.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel()))
+    with torch.no_grad():
+        probe(torch.zeros(1, 1, 28, 28))
+    activations = sum(sizes) * batch_size * 4 * 3
+    return 5 * weights + data_bytes + activations
+
+
+def most_members(free_bytes: int, per_member: int, cap: int) -> int:
+    """How many members fit: the setting's cap, and 80% of the device's free memory."""
+    return max(1, min(cap, math.floor(0.8 * free_bytes / max(per_member, 1))))
