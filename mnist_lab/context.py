@@ -8,6 +8,8 @@ benchmarks, tests) `JobContext()` is a single run with no overrides.
 
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,3 +99,32 @@ def clock(seconds: float) -> str:
     minutes, seconds = divmod(int(seconds), 60)
     return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}" if minutes >= 60 else \
         f"{minutes}:{seconds:02d}"
+
+
+class CopyTo:
+    """A text stream that also appends what it is given to a file."""
+
+    def __init__(self, stream, file):
+        self.stream, self.file = stream, file
+
+    def write(self, text: str) -> int:
+        self.file.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def output_in_run_log(ctx: JobContext):
+    """What a run prints also goes to its Hydra run.log (beside Hydra's own log records)."""
+    if ctx.output_dir is None:
+        yield
+        return
+    with open(ctx.output_dir / f"{ctx.job_name}.log", "a") as log, \
+            redirect_stdout(CopyTo(sys.stdout, log)):
+        yield

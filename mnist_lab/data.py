@@ -11,6 +11,7 @@ import hashlib
 import shutil
 import struct
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +145,11 @@ class MnistTensors:
     test_labels: torch.Tensor
     checksums: dict
 
+    def members(self, rows: torch.Tensor) -> "MnistTensors":
+        """The rows `rows` of a stack's data (see `member_data`)."""
+        return MnistTensors(**{k: take_rows(v, rows) if k.startswith(("train", "val")) else v
+                               for k, v in self.__dict__.items()})
+
     def to(self, device: torch.device) -> "MnistTensors":
         moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v
                  for k, v in self.__dict__.items()}
@@ -206,3 +212,25 @@ def batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int,
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
         yield to_float(images[idx]), labels[idx]
+
+
+def take_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    if tensor.dim() and tensor.stride(0) == 0:  # one tensor shared by all members
+        return tensor[:1].expand(len(rows), *tensor.shape[1:])
+    return tensor[rows]
+
+
+def member_data(datasets: Sequence[MnistTensors]) -> MnistTensors:
+    """One dataset for a stack: train and val tensors with a member dimension (shared
+    without a copy when the members' splits are the same), the test set as it is."""
+    first = datasets[0]
+    same = all(d.checksums == first.checksums and torch.equal(d.val_labels, first.val_labels)
+               and torch.equal(d.train_labels, first.train_labels) for d in datasets)
+    fields = {}
+    for key, value in first.__dict__.items():
+        if key.startswith(("train", "val")):
+            fields[key] = (value.expand(len(datasets), *value.shape) if same
+                           else torch.stack([getattr(d, key) for d in datasets]))
+        else:
+            fields[key] = value
+    return type(first)(**fields)

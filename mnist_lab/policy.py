@@ -16,13 +16,13 @@ import shlex
 import shutil
 import signal
 import sys
-from contextlib import contextmanager, redirect_stdout, suppress
+from contextlib import suppress
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from mnist_lab import stopping
-from mnist_lab.context import JobContext
+from mnist_lab.context import JobContext, output_in_run_log
 from mnist_lab.errors import DivergedError, LabError, TrackingError, TrialPruned
 from mnist_lab.validation import validate
 
@@ -152,35 +152,6 @@ def sweep_failed(failed: int) -> None:
     print(f"{failed} job{'s' if failed > 1 else ''} of this sweep failed; each run's `error` "
           "tag says why", file=sys.stderr)
     sys.exit(1)
-
-
-class CopyTo:
-    """A text stream that also appends what it is given to a file."""
-
-    def __init__(self, stream, file):
-        self.stream, self.file = stream, file
-
-    def write(self, text: str) -> int:
-        self.file.write(text)
-        return self.stream.write(text)
-
-    def flush(self) -> None:
-        self.file.flush()
-        self.stream.flush()
-
-    def __getattr__(self, name):
-        return getattr(self.stream, name)
-
-
-@contextmanager
-def output_in_run_log(ctx: JobContext):
-    """What a run prints also goes to its Hydra run.log (beside Hydra's own log records)."""
-    if ctx.output_dir is None:
-        yield
-        return
-    with open(ctx.output_dir / f"{ctx.job_name}.log", "a") as log, \
-            redirect_stdout(CopyTo(sys.stdout, log)):
-        yield
 
 
 def discard_refused_run_folder(ctx: JobContext) -> None:

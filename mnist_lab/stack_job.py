@@ -9,16 +9,20 @@ diverged loss, pruned) leaves; the others go on.
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import math
 from collections.abc import Sequence
 
 import torch
 from omegaconf import DictConfig
+from torch import nn
 
-from mnist_lab.context import JobContext
+from mnist_lab.context import JobContext, output_in_run_log
 from mnist_lab.job import Job, torch_settings, where_to_look
 from mnist_lab.loop import Recipe, fit
-from mnist_lab.stacking import Member, Stack, member_bytes, member_data, most_members
+from mnist_lab.data import member_data
+from mnist_lab.stacking import Member, Stack
 from mnist_lab.stopping import stop_signals
 
 STACK_TAG = "stack"  # each member's run: which stack it trained in, and its place there
@@ -44,7 +48,8 @@ def run_stack(members: Sequence[tuple[DictConfig, JobContext]]) -> list:
     for i, (cfg, ctx) in enumerate(members):
         try:
             job = Job(cfg, ctx)
-            results[i] = job.prepare()
+            with output_in_run_log(ctx):
+                results[i] = job.prepare()
             if results[i] is None:
                 jobs.append((i, job))
         except Exception as err:  # this member only: the others go on
@@ -67,6 +72,15 @@ def stacks(jobs: list[tuple[int, Job]], size: int) -> list[list[tuple[int, Job]]
         by_epoch.setdefault(job.resume_state["epoch"] if job.resume_state else 0, []).append(
             (i, job))
     return [same[k:k + size] for same in by_epoch.values() for k in range(0, len(same), size)]
+
+
+def in_run_log(ctx: JobContext, callback):
+    """A member's epoch callback whose lines also go to the member's own run log."""
+    def logged(state, metrics: dict[str, float]) -> None:
+        with output_in_run_log(ctx):
+            callback(state, metrics)
+
+    return logged
 
 
 def stack_size(job: Job, device: torch.device, cap: int) -> int:
@@ -100,8 +114,10 @@ def train_stack(jobs: Sequence[Job], device: torch.device) -> list:
                 torch.set_rng_state(jobs[0].resume_state["rng"]["torch"])
             for job, state in zip(jobs, states):
                 job.data = job.data.to(device)
-                job.start(state, device, received)
-            stack = Stack([Member(state, job.callbacks) for job, state in zip(jobs, states)])
+                with output_in_run_log(job.ctx):
+                    job.start(state, device, received)
+            stack = Stack([Member(state, [in_run_log(job.ctx, c) for c in job.callbacks])
+                           for job, state in zip(jobs, states)])
             members = list(stack.members)
             fit(stack, data, Recipe.from_config(jobs[0].cfg))
         except BaseException as err:  # a stop signal, or a fault of the stack as a whole
@@ -112,10 +128,32 @@ def train_stack(jobs: Sequence[Job], device: torch.device) -> list:
             try:
                 if member.error is not None:
                     raise member.error
-                outcomes[k] = job.finish(member.state, member.state.model, job.data)
-                job.tracker.__exit__(None, None, None)
-                print(where_to_look(job.cfg, job.out, job.tracker), flush=True)
+                with output_in_run_log(job.ctx):
+                    outcomes[k] = job.finish(member.state, member.state.model, job.data)
+                    job.tracker.__exit__(None, None, None)
+                    print(where_to_look(job.cfg, job.out, job.tracker), flush=True)
             except Exception as err:
                 job.tracker.__exit__(type(err), err, err.__traceback__)
                 outcomes[k] = err
     return outcomes
+
+
+def member_bytes(model: nn.Module, batch_size: int, data_bytes: int) -> int:
+    """A rough upper bound of what one more member costs on the device: weights, gradients,
+    two optimizer moments and a copy (5x), its own data split, and the activations of a
+    batch (every layer's output, kept for the backward pass)."""
+    weights = sum(p.numel() for p in model.parameters()) * 4
+    probe = copy.deepcopy(model).cpu().eval()
+    sizes: list[int] = []
+    for layer in probe.modules():
+        if not list(layer.children()):
+            layer.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel()))
+    with torch.no_grad():
+        probe(torch.zeros(1, 1, 28, 28))
+    activations = sum(sizes) * batch_size * 4 * 3
+    return 5 * weights + data_bytes + activations
+
+
+def most_members(free_bytes: int, per_member: int, cap: int) -> int:
+    """How many members fit: the setting's cap, and 80% of the device's free memory."""
+    return max(1, min(cap, math.floor(0.8 * free_bytes / max(per_member, 1))))

@@ -12,7 +12,6 @@ rate and weight decay (`StackedOptimizer`). `loop.fit` trains a `Stack` as it tr
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -240,8 +239,7 @@ class Stack:
         if self.rows == list(range(data.train_images.shape[0])):
             return data
         rows = torch.tensor(self.rows, device=data.train_images.device)
-        return type(data)(**{k: take_rows(v, rows) if k.startswith(("train", "val")) else v
-                             for k, v in data.__dict__.items()})
+        return data.members(rows)
 
     @torch.no_grad()
     def sync(self) -> None:
@@ -283,46 +281,3 @@ def member_slice(value, stacked: torch.Tensor, i: int):
     if torch.is_tensor(value) and value.dim() > 0 and value.shape == stacked.shape:
         return value[i].clone()
     return value.clone() if torch.is_tensor(value) else value
-
-
-def take_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    if tensor.dim() and tensor.stride(0) == 0:  # one tensor shared by all members
-        return tensor[:1].expand(len(rows), *tensor.shape[1:])
-    return tensor[rows]
-
-
-def member_data(datasets: Sequence) -> object:
-    """One dataset for a stack: train and val tensors with a member dimension (shared
-    without a copy when the members' splits are the same), the test set as it is."""
-    first = datasets[0]
-    same = all(d.checksums == first.checksums and torch.equal(d.val_labels, first.val_labels)
-               and torch.equal(d.train_labels, first.train_labels) for d in datasets)
-    fields = {}
-    for key, value in first.__dict__.items():
-        if key.startswith(("train", "val")):
-            fields[key] = (value.expand(len(datasets), *value.shape) if same
-                           else torch.stack([getattr(d, key) for d in datasets]))
-        else:
-            fields[key] = value
-    return type(first)(**fields)
-
-
-def member_bytes(model: nn.Module, batch_size: int, data_bytes: int) -> int:
-    """A rough upper bound of what one more member costs on the device: weights, gradients,
-    two optimizer moments and a copy (5x), its own data split, and the activations of a
-    batch (every layer's output, kept for the backward pass)."""
-    weights = sum(p.numel() for p in model.parameters()) * 4
-    probe = copy.deepcopy(model).cpu().eval()
-    sizes: list[int] = []
-    for layer in probe.modules():
-        if not list(layer.children()):
-            layer.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel()))
-    with torch.no_grad():
-        probe(torch.zeros(1, 1, 28, 28))
-    activations = sum(sizes) * batch_size * 4 * 3
-    return 5 * weights + data_bytes + activations
-
-
-def most_members(free_bytes: int, per_member: int, cap: int) -> int:
-    """How many members fit: the setting's cap, and 80% of the device's free memory."""
-    return max(1, min(cap, math.floor(0.8 * free_bytes / max(per_member, 1))))

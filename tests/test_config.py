@@ -24,7 +24,7 @@ GROUPS = {
     "init": ["normal", "xavier", "kaiming", "default"],
     "sched": ["none", "step", "cosine", "onecycle"],
     "tracking": ["local", "off"],
-    "launcher": ["basic", "parallel", "slurm", "submitit_local"],
+    "launcher": ["basic", "parallel", "slurm", "submitit_local", "stacked"],
 }
 
 
