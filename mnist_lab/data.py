@@ -220,17 +220,21 @@ def take_rows(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return tensor[rows]
 
 
-def member_data(datasets: Sequence[MnistTensors]) -> MnistTensors:
-    """One dataset for a stack: train and val tensors with a member dimension (shared
-    without a copy when the members' splits are the same), the test set as it is."""
+def member_data(datasets: Sequence[MnistTensors],
+                device: torch.device | None = None) -> MnistTensors:
+    """One dataset for a stack, on `device`: train and val tensors with a member dimension
+    (one copy, expanded, when the members' splits are the same), the shared test set."""
     first = datasets[0]
-    same = all(d.checksums == first.checksums and torch.equal(d.val_labels, first.val_labels)
-               and torch.equal(d.train_labels, first.train_labels) for d in datasets)
+    same = all(d is first or (d.checksums == first.checksums
+                              and torch.equal(d.train_labels, first.train_labels)
+                              and torch.equal(d.train_images, first.train_images))
+               for d in datasets)
+    base = first.to(device) if device is not None else first
     fields = {}
-    for key, value in first.__dict__.items():
+    for key, value in base.__dict__.items():
         if key.startswith(("train", "val")):
-            fields[key] = (value.expand(len(datasets), *value.shape) if same
-                           else torch.stack([getattr(d, key) for d in datasets]))
+            fields[key] = value.expand(len(datasets), *value.shape) if same else \
+                torch.stack([getattr(d, key) for d in datasets]).to(value.device)
         else:
             fields[key] = value
-    return type(first)(**fields)
+    return MnistTensors(**fields)

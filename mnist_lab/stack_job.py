@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+from dataclasses import replace
 from collections.abc import Sequence
 
 import torch
@@ -108,12 +109,13 @@ def train_stack(jobs: Sequence[Job], device: torch.device) -> list:
                 entered.append(job)
                 job.stack_tags = {STACK_TAG: tag}
                 states.append(job.build(device))
-            data = member_data([job.data for job in jobs]).to(device)
+            data = member_data([job.data for job in jobs], device)
             torch.manual_seed(stack_seed([job.cfg for job in jobs]))
             if jobs[0].resume_state:  # the masks' generator goes on where the stack stopped
                 torch.set_rng_state(jobs[0].resume_state["rng"]["torch"])
-            for job, state in zip(jobs, states):
-                job.data = job.data.to(device)
+            for job, state in zip(jobs, states):  # the test set, once on the device for all
+                job.data = replace(job.data, test_images=data.test_images,
+                                   test_labels=data.test_labels)
                 with output_in_run_log(job.ctx):
                     job.start(state, device, received)
             stack = Stack([Member(state, [in_run_log(job.ctx, c) for c in job.callbacks])
@@ -123,7 +125,9 @@ def train_stack(jobs: Sequence[Job], device: torch.device) -> list:
         except BaseException as err:  # a stop signal, or a fault of the stack as a whole
             for job in entered:
                 job.tracker.__exit__(type(err), err, err.__traceback__)
-            raise
+            if not isinstance(err, Exception):
+                raise
+            return [err] * len(jobs)  # each member fails with it (out of memory, say)
         for k, (job, member) in enumerate(zip(jobs, members)):
             try:
                 if member.error is not None:

@@ -241,3 +241,16 @@ def test_a_stacked_sweep_killed_mid_training_resumes_to_the_uninterrupted_result
     process.wait(timeout=60)
     assert seen == 4
     resume_and_check(args, tmp_path, store, uninterrupted)
+
+
+def test_a_stack_holds_as_many_members_as_the_setting_and_the_device_memory_allow():
+    from mnist_lab.models import FFNN
+    from mnist_lab.stack_job import member_bytes, most_members
+
+    data_bytes = 48_000 * 784
+    per = member_bytes(FFNN(), 20, data_bytes)
+    assert per > 5 * 4 * 535_818 + data_bytes  # weights, gradients, moments, a copy, its data
+    assert member_bytes(FFNN(), 200, data_bytes) > per  # activations grow with the batch
+    assert most_members(free_bytes=10 * per, per_member=per, cap=16) == 8  # 80% of the free
+    assert most_members(free_bytes=100 * per, per_member=per, cap=16) == 16  # the setting
+    assert most_members(free_bytes=per // 2, per_member=per, cap=16) == 1  # one runs as ever
