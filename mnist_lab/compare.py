@@ -203,7 +203,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stats", action="store_true",
                         help="is the difference real? intervals and tests between groups of runs")
     parser.add_argument("--by", metavar="KEY", help="--stats groups runs by this param "
-                        "(default: the one swept key besides seed, else model.name; run: each run)")
+                        "(default: the one swept key besides seed, else model.name; run: each run; "
+                        "stack: trained alone or stacked)")
     parser.set_defaults(handler=compare)
 
 

@@ -19,11 +19,14 @@ from mnist_lab.queries import finished_with_test, swept_keys
 
 
 def group_by(runs: list, key: str) -> dict[str, list]:
-    """Runs by their value of `key` (a param; `run`: each run alone); groups in the order of
-    their first run, so the first is the baseline."""
+    """Runs by their value of `key` (a param; `run`: each run alone; `stack`: trained alone or
+    in a stack, launcher=stacked); groups in the order of their first run, so the first is the
+    baseline."""
     groups: dict[str, list] = {}
     for run in runs:
-        value = run.info.run_name if key == "run" else run.data.params.get(key)
+        value = run.info.run_name if key == "run" else \
+            ("stacked" if "stack" in run.data.tags else "alone") if key == "stack" else \
+            run.data.params.get(key)
         if value is not None:
             groups.setdefault(value, []).append(run)
     return groups

@@ -89,10 +89,6 @@ class StackedModel(nn.Module):
         self.stacked_buffers.update({n: rates for n, _ in self.template.named_buffers()
                                      if n.endswith(".p")})
 
-    @property
-    def members(self) -> int:
-        return next(iter(self.params.values())).shape[0]
-
     def weights(self) -> dict[str, torch.Tensor]:
         return {name: self.params[name.replace(".", "/")] for name in self.names}
 

@@ -12,6 +12,7 @@ ends is the failure policy's (`policy.stop_sweep`); this module only catches the
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -42,7 +43,8 @@ def stop_signals():
     """Ctrl-C and SIGTERM raise KeyboardInterrupt while the block runs, as Python's own SIGINT
     handler does, and are recorded: Python swallows an exception raised while a `__del__` or a
     weakref callback runs, so an interrupt that lands there would be lost; the recorded one stops
-    the run at the next epoch end instead (see `job.stop_check`). Yields this block's record."""
+    the run at the next epoch end instead (see `job.stop_check`), and Python's "Exception
+    ignored" traceback for it is not printed. Yields this block's record."""
     got: list[int] = []
 
     def interrupt(signum, frame):
@@ -51,10 +53,16 @@ def stop_signals():
         if len(got) == 1:  # a second signal must not break the first one's cleanup
             raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = _install(interrupt)
+    def quiet(unraisable) -> None:  # the lost interrupt is recorded: nothing to print
+        if not (got and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+            hook(unraisable)
+
+    previous, hook = _install(interrupt), sys.unraisablehook
+    sys.unraisablehook = quiet
     try:
         yield got
     finally:
+        sys.unraisablehook = hook
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 

@@ -254,3 +254,18 @@ def test_a_stack_holds_as_many_members_as_the_setting_and_the_device_memory_allo
     assert most_members(free_bytes=10 * per, per_member=per, cap=16) == 8  # 80% of the free
     assert most_members(free_bytes=100 * per, per_member=per, cap=16) == 16  # the setting
     assert most_members(free_bytes=per // 2, per_member=per, cap=16) == 1  # one runs as ever
+
+
+def test_compare_groups_runs_by_whether_they_trained_in_a_stack():
+    from types import SimpleNamespace
+
+    from mnist_lab.comparison import group_by
+
+    def run(name, tags):
+        return SimpleNamespace(info=SimpleNamespace(run_name=name),
+                               data=SimpleNamespace(params={"seed": "0"}, tags=tags))
+
+    runs = [run("a", {}), run("b", {"stack": "jobs 0,1 (2 members)"}), run("c", {})]
+    groups = group_by(runs, "stack")
+    assert list(groups) == ["alone", "stacked"]
+    assert [r.info.run_name for r in groups["alone"]] == ["a", "c"]

@@ -208,3 +208,28 @@ def test_a_worker_killed_beside_another_on_one_study_is_settled_and_repeats_noth
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     trials = settled_study(tmp_path, first.uri)
     assert len(trials) == 4 and "FAIL" in {t.state.name for t in trials}
+
+
+def test_an_interrupt_lost_in_a_weakref_callback_is_recorded_without_a_traceback():
+    """Python swallows an exception raised in a weakref callback (SQLAlchemy's, while MLflow
+    works) and prints "Exception ignored" with a traceback; the signal is recorded instead, and
+    the run stops at its epoch's end (job.stop_check). In a process of its own: pytest takes
+    such exceptions over."""
+    script = """
+import gc, signal, weakref
+from mnist_lab.stopping import stop_signals
+
+class Mapped:
+    pass
+
+with stop_signals() as got:
+    mapped = Mapped()
+    ref = weakref.ref(mapped, lambda _: signal.raise_signal(signal.SIGTERM))
+    del mapped
+    gc.collect()
+print(got, ref())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
+    assert done.stdout.strip() == f"[{int(signal.SIGTERM)}] None", done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr

@@ -43,7 +43,7 @@ def test_validation_ties_go_to_the_later_epoch(tiny_data, monkeypatch):
     model = job.build_model(cfg)
     optimizer, _ = job.build_optimizer(cfg, model, 16)
     fixed = evaluate(model, data.val_images, data.val_labels)
-    monkeypatch.setattr("mnist_lab.loop.evaluate", lambda *a, **k: fixed)
+    monkeypatch.setattr("mnist_lab.loop.evaluate_members", lambda *a, **k: [fixed])
     result = fit(TrainingState.fresh(model, optimizer, None, 0), data,
                  Recipe(epochs=3, batch_size=64))
     assert result.best_epoch == 3
