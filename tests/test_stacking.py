@@ -149,6 +149,7 @@ def record_form(client, run) -> tuple:
     return set(run.data.params), set(run.data.metrics), tags, artifacts
 
 
+@pytest.mark.slow
 def test_a_stacked_sweep_records_each_member_as_a_solo_run(tmp_path):
     root = make_dataset(tmp_path / "tiny")
     grid = ["optim.lr=1e-3,3e-3", "dropout.p=0.0,0.2"]
@@ -184,6 +185,7 @@ def test_a_stacked_sweep_records_each_member_as_a_solo_run(tmp_path):
         compare.stdout + compare.stderr
 
 
+@pytest.mark.slow
 def test_jobs_that_differ_in_architecture_or_batch_size_train_in_separate_stacks(tmp_path):
     root = make_dataset(tmp_path / "tiny")
     done = run_lab(["-m", "launcher=stacked", *tiny_overrides(root), "train.epochs=1",
@@ -192,6 +194,7 @@ def test_jobs_that_differ_in_architecture_or_batch_size_train_in_separate_stacks
     assert "Launching 8 jobs as 4 stacks" in done.stdout + done.stderr
 
 
+@pytest.mark.slow
 def test_an_optuna_batch_trains_as_a_stack(tmp_path):
     root = make_dataset(tmp_path / "tiny")
     done = run_lab(["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=4",
