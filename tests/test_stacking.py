@@ -272,3 +272,29 @@ def test_compare_groups_runs_by_whether_they_trained_in_a_stack():
     groups = group_by(runs, "stack")
     assert list(groups) == ["alone", "stacked"]
     assert [r.info.run_name for r in groups["alone"]] == ["a", "c"]
+
+
+@pytest.mark.slow
+def test_a_stop_signal_ends_a_stacked_sweep_on_record_with_the_command_that_continues_it(
+        tmp_path):
+    from test_sweep_resume import sweep_runs
+
+    root = make_dataset(tmp_path / "tiny")
+    store = tmp_path / "store" / "mlflow.db"
+    args = [*stacked_grid(root, store), "train.epochs=500"]
+    process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "-m", *args], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                               start_new_session=True)
+    for line in process.stdout:
+        if line.startswith("#3 epoch   2/"):
+            process.send_signal(signal.SIGTERM)
+            break
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err[-3000:]
+    assert "interrupted by SIGTERM: continue the sweep with" in err and "resume=true" in err
+    assert "Traceback" not in err, err[-3000:]
+    _, (parent,), children = sweep_runs(store)
+    assert parent.info.status == "KILLED" and len(children) == 4
+    assert {run.info.status for run in children.values()} == {"KILLED"}
+    assert len(list((tmp_path / "store" / "checkpoints").glob("*/last.ckpt"))) == 4
