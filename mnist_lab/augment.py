@@ -13,11 +13,26 @@ import torch.nn.functional as F
 
 
 def random_affine(x: torch.Tensor, max_degrees: float, max_shift: float,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  generator: torch.Generator | list[torch.Generator] | None = None
+                  ) -> torch.Tensor:
     """Rotate each image by U(-max_degrees, max_degrees) and shift it by up to max_shift
-    pixels in x and y. Values stay in [0, 1]; empty borders fill with 0 (black, as MNIST)."""
-    n, _, height, width = x.shape
-    rand = torch.rand(n, 3, generator=generator).to(x.device) * 2 - 1
+    pixels in x and y. Values stay in [0, 1]; empty borders fill with 0 (black, as MNIST).
+
+    A stack's batch (members, batch, 1, H, W) takes a generator per member: each member's
+    images get the draws its generator gives it alone, and one grid_sample warps them all."""
+    if isinstance(generator, list):
+        members, batch = x.shape[:2]
+        rand = torch.cat([torch.rand(batch, 3, generator=g) for g in generator])
+        return warp(x.flatten(0, 1), rand.to(x.device) * 2 - 1, max_degrees,
+                    max_shift).unflatten(0, (members, batch))
+    rand = torch.rand(len(x), 3, generator=generator).to(x.device) * 2 - 1
+    return warp(x, rand, max_degrees, max_shift)
+
+
+def warp(x: torch.Tensor, rand: torch.Tensor, max_degrees: float,
+         max_shift: float) -> torch.Tensor:
+    """`random_affine`'s warp, from draws in [-1, 1): (images, 3) for angle, x and y shift."""
+    height, width = x.shape[-2:]
     angle = rand[:, 0] * math.radians(max_degrees)
     # affine_grid works in [-1, 1] coordinates: a shift of s pixels is 2 s / size
     tx, ty = rand[:, 1] * 2 * max_shift / width, rand[:, 2] * 2 * max_shift / height

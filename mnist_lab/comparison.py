@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from mnist_lab.errors import ConfigError
-from mnist_lab.queries import finished_with_test, swept_keys
+from mnist_lab.queries import STACK_TAG, finished_with_test, swept_keys
 
 
 def group_by(runs: list, key: str) -> dict[str, list]:
@@ -24,12 +24,18 @@ def group_by(runs: list, key: str) -> dict[str, list]:
     baseline."""
     groups: dict[str, list] = {}
     for run in runs:
-        value = run.info.run_name if key == "run" else \
-            ("stacked" if "stack" in run.data.tags else "alone") if key == "stack" else \
-            run.data.params.get(key)
+        value = group_of(run, key)
         if value is not None:
             groups.setdefault(value, []).append(run)
     return groups
+
+
+def group_of(run, key: str) -> str | None:
+    if key == "run":
+        return run.info.run_name
+    if key == STACK_TAG:
+        return "stacked" if STACK_TAG in run.data.tags else "alone"
+    return run.data.params.get(key)
 
 
 def stats_key(runs: list, by: str | None, by_id: bool) -> str:

@@ -191,9 +191,9 @@ class Job:
             self.callbacks.append(trial)
         self.last = last
 
-    def finish(self, state: TrainingState, model: torch.nn.Module, data) -> float | tuple:
+    def finish(self, state: TrainingState, data) -> float | tuple:
         """Test the best weights, write the run's files and close its record."""
-        cfg, out = self.cfg, self.out
+        cfg, out, model = self.cfg, self.out, state.model
         model.load_state_dict(state.best_state)
         test = evaluate(model, data.test_images, data.test_labels, cfg.eval.batch_size,
                         tta=cfg.eval.tta)
@@ -236,7 +236,7 @@ def run(cfg: DictConfig, ctx: JobContext = JobContext()) -> float | tuple:
         data = job.data = job.data.to(device)
         job.start(state, device, received)
         fit(state, data, Recipe.from_config(cfg), job.callbacks)
-        result = job.finish(state, state.model, data)
+        result = job.finish(state, data)
     print(where_to_look(cfg, job.out, job.tracker), flush=True)
     return result
 

@@ -77,7 +77,7 @@ def train_epoch(model: nn.Module, data: MnistTensors, optimizer: torch.optim.Opt
     seen = 0
     for step, (x, y) in enumerate(steps, start=1):
         if recipe.augment is not None:
-            x = augmented(x, recipe.augment, generator)
+            x = random_affine(x, *recipe.augment, generator=generator)
         loss = member_losses(model(x), y, recipe.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
@@ -102,13 +102,6 @@ def member_losses(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) 
     losses = F.cross_entropy(logits.flatten(0, -2), labels.flatten(), reduction="none",
                              label_smoothing=smoothing)
     return losses.view(labels.shape).mean(dim=-1)
-
-
-def augmented(x: torch.Tensor, augment: tuple[float, float], generator) -> torch.Tensor:
-    if isinstance(generator, list):  # each member's draws from its own generator
-        return torch.stack([random_affine(x[i], *augment, generator=g)
-                            for i, g in enumerate(generator)])
-    return random_affine(x, *augment, generator=generator)
 
 
 def divergence(step: int, value: float, epoch: int, recipe: Recipe) -> DivergedError:

@@ -90,14 +90,9 @@ def run_stack(configs: list[DictConfig]) -> list:
     except KeyboardInterrupt:
         stop_sweep()
         raise
-    results = []
-    for (cfg, ctx), outcome in zip(members, outcomes):
-        try:
-            results.append(settle(cfg, ctx, outcome) if isinstance(outcome, Exception)
-                           else outcome)
-        except TrialPruned as pruned:
-            results.append(pruned)
-    return results
+    return [settle(cfg, ctx, outcome)
+            if isinstance(outcome, Exception) and not isinstance(outcome, TrialPruned)
+            else outcome for (cfg, ctx), outcome in zip(members, outcomes)]
 
 
 def failed_job(cfg: DictConfig, ctx: JobContext, err: Exception, record: bool,

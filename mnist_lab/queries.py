@@ -9,6 +9,7 @@ from mnist_lab.identity import identifies_run
 
 # the tags a sweep's parent and its jobs carry, which resume and compare read back
 KEY_TAG, JOB_TAG, RESUMES_TAG = "sweep.key", "sweep.job", "sweep.resumes"
+STACK_TAG = "stack"  # a run trained in a stack (launcher=stacked): its jobs and size
 RESUMED_AT_TAG = "sweep.resumed_at"  # unix milliseconds of the latest resume
 SEARCH_TAG = "sweep.search"  # the sweeper's search space, to say what differs
 SUMMARY_METRICS = ("best/val_loss", "val/acc", "test/acc", "test/loss", "best/epoch")

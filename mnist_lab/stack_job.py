@@ -22,11 +22,10 @@ from torch import nn
 from mnist_lab.context import JobContext, output_in_run_log
 from mnist_lab.job import Job, torch_settings, where_to_look
 from mnist_lab.loop import Recipe, fit
+from mnist_lab.queries import STACK_TAG
 from mnist_lab.data import member_data
 from mnist_lab.stacking import Member, Stack
 from mnist_lab.stopping import stop_signals
-
-STACK_TAG = "stack"  # each member's run: which stack it trained in, and its place there
 
 
 def stack_seed(cfgs: Sequence[DictConfig]) -> int:
@@ -100,15 +99,13 @@ def stack_size(job: Job, device: torch.device, cap: int) -> int:
 def train_stack(jobs: Sequence[Job], device: torch.device) -> list:
     """One stack, trained; each member's objective or error."""
     outcomes: list = [None] * len(jobs)
-    entered: list[Job] = []
+    tag = f"{stack_name([j.ctx for j in jobs])} ({len(jobs)} members)"
+    for job in jobs:  # each member's record is its tracker's from here on, as a solo run's
+        job.tracker.__enter__()
+        job.stack_tags = {STACK_TAG: tag}
     with stop_signals() as received:
         try:
-            states, tag = [], f"{stack_name([j.ctx for j in jobs])} ({len(jobs)} members)"
-            for job in jobs:
-                job.tracker.__enter__()
-                entered.append(job)
-                job.stack_tags = {STACK_TAG: tag}
-                states.append(job.build(device))
+            states = [job.build(device) for job in jobs]
             data = member_data([job.data for job in jobs], device)
             torch.manual_seed(stack_seed([job.cfg for job in jobs]))
             if jobs[0].resume_state:  # the masks' generator goes on where the stack stopped
@@ -123,17 +120,19 @@ def train_stack(jobs: Sequence[Job], device: torch.device) -> list:
             members = list(stack.members)
             fit(stack, data, Recipe.from_config(jobs[0].cfg))
         except BaseException as err:  # a stop signal, or a fault of the stack as a whole
-            for job in entered:
-                job.tracker.__exit__(type(err), err, err.__traceback__)
+            # each member's own copy: a record marks the error it recorded (mlflow_run_id)
+            own = [copy.copy(err).with_traceback(err.__traceback__) for _ in jobs]
+            for job, error in zip(jobs, own):  # every member's record: FAILED, or KILLED
+                job.tracker.__exit__(type(error), error, err.__traceback__)
             if not isinstance(err, Exception):
                 raise
-            return [err] * len(jobs)  # each member fails with it (out of memory, say)
+            return own  # each member fails with it (out of memory, say)
         for k, (job, member) in enumerate(zip(jobs, members)):
             try:
                 if member.error is not None:
                     raise member.error
                 with output_in_run_log(job.ctx):
-                    outcomes[k] = job.finish(member.state, member.state.model, job.data)
+                    outcomes[k] = job.finish(member.state, job.data)
                     job.tracker.__exit__(None, None, None)
                     print(where_to_look(job.cfg, job.out, job.tracker), flush=True)
             except Exception as err:

@@ -150,6 +150,7 @@ RULES: dict[str, Rule] = {
     "launcher.cpus_per_task": count(1, 1024),
     "launcher.gpus_per_node": count(0, 64),
     "launcher.mem_gb": count(1),
+    "launcher.stack_size": count(1, 1024),
 }
 
 

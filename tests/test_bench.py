@@ -67,3 +67,19 @@ def test_a_study_is_scaled_from_its_own_epoch_times():
     fit = scale(40.0, [[3.0, 3.0], [10.0, 12.0]], concurrent=True)
     assert (fit["fixed_seconds"], fit["epoch_seconds"], fit["scaled_20_epochs_seconds"]) == (
         18.0, 11.0, 238.0)
+
+
+@pytest.mark.slow
+def test_the_stacking_benchmark_writes_its_figures(tmp_path):
+    import runpy
+
+    from helpers import ROOT
+
+    bench = runpy.run_path(str(ROOT / "benchmarks" / "stacked.py"))
+    assert bench["main"](["--models", "ffnn", "--configs", "3", "--limit", "300",
+                          "--out", str(tmp_path)]) == 0
+    figures = json.loads((tmp_path / "stacked.json").read_text())
+    ffnn = figures["loop"]["ffnn"]
+    assert ffnn["configs"] == 3 and ffnn["alone_epochs_per_s"] > 0
+    assert ffnn["speedup"] == pytest.approx(ffnn["alone_seconds"] / ffnn["stacked_seconds"])
+    assert "| ffnn | 3 x 1 |" in (tmp_path / "stacked.md").read_text()

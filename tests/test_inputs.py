@@ -31,6 +31,7 @@ BAD_VALUES = [
     ("optim=sgd optim.momentum=-1", "optim.momentum", "[0, 1)"),
     ("sched=step sched.step_size=0", "sched.step_size", ">= 1"),
     ("-m launcher=parallel launcher.n_jobs=0", "launcher.n_jobs", "from 1 to"),
+    ("-m launcher=stacked launcher.stack_size=0", "launcher.stack_size", "from 1 to"),
     ("sched=step sched.gamma=-1", "sched.gamma", "> 0"),
     ("model=cnn model.channels=[]", "model.channels", "1 to 4"),
     ("tracking.experiment=", "tracking.experiment", "non-empty"),

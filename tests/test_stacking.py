@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT, compose_config, make_dataset, run_lab, tiny_overrides, tracked
+from helpers import (ROOT, compose_config, make_dataset, run_lab, runs_in, store, tiny_overrides,
+                     tracked)
 from mnist_lab.checkpoint import TrainingState, load_last, save_every_epoch
 from mnist_lab.context import JobContext
 
-from mnist_lab.errors import TrialPruned
+
+from mnist_lab.errors import DataError, TrialPruned
 from mnist_lab.job import Job
 from mnist_lab.loop import Recipe, fit
 from mnist_lab.data import load_mnist, member_data
@@ -298,3 +300,44 @@ def test_a_stop_signal_ends_a_stacked_sweep_on_record_with_the_command_that_cont
     assert parent.info.status == "KILLED" and len(children) == 4
     assert {run.info.status for run in children.values()} == {"KILLED"}
     assert len(list((tmp_path / "store" / "checkpoints").glob("*/last.ckpt"))) == 4
+
+
+@pytest.mark.parametrize("where, fault", [("fit", RuntimeError("CUDA out of memory")),
+                                          ("member_data", RuntimeError("CUDA out of memory")),
+                                          ("member_data", DataError("data.root: not readable"))])
+def test_a_fault_of_the_whole_stack_fails_every_member_on_record(tmp_path, monkeypatch, where,
+                                                                 fault):
+    """What fails the stack as a whole (device memory, say), while it trains or before any
+    member's record exists, fails each member, and each has a FAILED run saying why, as if it
+    had failed alone."""
+    from mnist_lab import stack_job
+    from mnist_lab.policy import settle
+
+    root = make_dataset(tmp_path / "tiny")
+    ctx = JobContext(multirun=True)
+    members = [(compose_config(tracked(root, tmp_path, f"seed={s}", "plots=false",
+                                       f"output_dir={tmp_path}/out{s}")), ctx) for s in (1, 2, 3)]
+
+    def fails(*args, **kwargs):
+        raise fault
+
+    monkeypatch.setattr(stack_job, where, fails)
+    outcomes = stack_job.run_stack(members)
+    assert [type(o) for o in outcomes] == [type(fault)] * 3
+    for (cfg, _), outcome in zip(members, outcomes):
+        settle(cfg, ctx, outcome)  # as policy.run_stack settles each member
+    runs = runs_in(store(tmp_path))
+    assert len(runs) == 3 and {r.info.status for r in runs} == {"FAILED"}
+    assert all(str(fault) in r.data.tags["error"] for r in runs)
+
+
+def test_a_member_augments_its_batches_with_the_draws_it_would_make_alone(data):
+    root, tensors = data
+    augmenting = Recipe(epochs=1, batch_size=32, augment=(15.0, 2.0))
+    stacked = [member(root, tensors, f"seed={s}", "dropout.p=0.0") for s in (1, 2)]
+    fit(Stack([Member(s) for s in stacked]), member_data([tensors] * 2), augmenting)
+    alone = member(root, tensors, "seed=2", "dropout.p=0.0")
+    fit(alone, tensors, augmenting)
+    assert stacked[1].history["train/loss"] == pytest.approx(alone.history["train/loss"],
+                                                             rel=1e-4)
+    assert stacked[1].generator.get_state().equal(alone.generator.get_state())

@@ -30,8 +30,7 @@ class Lanes:
         in_process = type(sweeper.launcher).__module__.endswith("basic_launcher")
         # a launcher that trains a batch's jobs together (the lab's stacked one) gets batches
         self.whole_batches = getattr(sweeper.launcher, "takes_batches", False)
-        self.count = sweeper.settings.n_jobs if self.whole_batches else \
-            1 if in_process else sweeper.settings.n_jobs
+        self.count = 1 if in_process and not self.whole_batches else sweeper.settings.n_jobs
         self.ended: List[tuple] = []  # (told as valued, JobReturn), in the order trials end
         self.judged = 0  # trials of `ended` whose failure rate was applied
         self.running: dict = {}  # trial id -> trial number, of this process
